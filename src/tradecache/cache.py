@@ -1,0 +1,339 @@
+"""The :class:`Cache` facade: owns the client and exposes stores and primitives.
+
+Connect with a URL, :class:`~tradecache.config.Settings`, or nothing (then
+``Settings()`` reads ``TRADECACHE_*`` / ``REDIS_URL`` from the environment)::
+
+    from tradecache import Cache
+
+    async with Cache.connect("redis://localhost:6379/0", namespace="prod") as cache:
+        await cache.ping()
+
+    cache = await Cache.connect()          # awaitable too; close it yourself
+    await cache.close()
+
+An existing redis-py client can be handed in (dependency injection); the
+cache then never closes it::
+
+    cache = await Cache.connect(client=my_redis, namespace="prod")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from functools import cached_property
+from types import TracebackType
+from typing import Any, Literal
+
+from redis.asyncio.cluster import RedisCluster
+
+from .codec import Codec, get_codec
+from .config import Settings
+from .connection import Client, create_client, redact_url
+from .context import Context
+from .errors import ConnectionLost, redis_errors
+from .keys import Keys
+from .metrics import Metrics, OperationStats
+
+__all__ = ["Cache", "Health", "connect"]
+
+Mode = Literal["standalone", "cluster", "sentinel"]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """What :meth:`Cache.health` found out about the server (latency in ms)."""
+
+    ok: bool
+    mode: Mode
+    version: str
+    latency_ms: float
+    nodes: int
+    used_memory: int
+    maxmemory: int
+    maxmemory_policy: str
+    warnings: tuple[str, ...]
+
+
+# Policies that may evict keys without a TTL, i.e. locks, claims and queues.
+_UNSAFE_EVICTION = frozenset(
+    {"allkeys-lru", "allkeys-lfu", "allkeys-random", "volatile-lru", "volatile-lfu"}
+    | {"volatile-random", "volatile-ttl"}
+)
+
+
+def _parse_version(text: str) -> tuple[int, int, int]:
+    parts = [*text.split("."), "0", "0"][:3]
+    return (int(parts[0]), int(parts[1]), int(parts[2]))
+
+
+class Cache:
+    """One connection to Redis, with every store and coordination primitive.
+
+    Build it with :meth:`Cache.connect`. Attributes:
+
+    * ``client``: the redis-py asyncio client (``Redis`` or ``RedisCluster``);
+    * ``settings``: the :class:`~tradecache.config.Settings` in force;
+    * ``keys``: the :class:`~tradecache.keys.Keys` schema of the namespace;
+    * ``codec``: the :class:`~tradecache.codec.Codec` models are stored with;
+    * ``metrics``: per-operation counters behind :meth:`stats`;
+    * ``server_version``: ``(major, minor, patch)`` of the server, read at connect.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        settings: Settings,
+        *,
+        owns_client: bool = True,
+        server_version: tuple[int, int, int] = (0, 0, 0),
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = Keys(settings.namespace)
+        self.codec: Codec = get_codec(settings.codec)
+        self.metrics = Metrics()
+        self.server_version = server_version
+        self._owns_client = owns_client
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<Cache {state} url={redact_url(self.settings.url)!r} "
+            f"namespace={self.settings.namespace!r} mode={self.mode}>"
+        )
+
+    @property
+    def mode(self) -> Mode:
+        """``"standalone"``, ``"cluster"`` or ``"sentinel"``."""
+        if isinstance(self.client, RedisCluster):
+            return "cluster"
+        if self.settings.url.startswith("redis+sentinel://") and self._owns_client:
+            return "sentinel"
+        return "standalone"
+
+    @property
+    def is_cluster(self) -> bool:
+        """True on a Redis Cluster."""
+        return isinstance(self.client, RedisCluster)
+
+    def supports(self, major: int, minor: int = 0) -> bool:
+        """True when the server is at least ``major.minor`` (feature detection).
+
+        Example: ``cache.supports(7)`` before using sharded pub/sub.
+        """
+        return self.server_version >= (major, minor, 0)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        url: str | Settings | None = None,
+        *,
+        namespace: str | None = None,
+        settings: Settings | None = None,
+        client: Client | None = None,
+        cluster: bool | None = None,
+        **overrides: Any,
+    ) -> _Connecting:
+        """Connect to Redis; await it, or use it as an async context manager.
+
+        ``url`` may be a URL or a ``Settings``; ``namespace`` and any other
+        keyword (``socket_timeout=0.2``, ``codec="msgpack"`` ...) override the
+        settings. With ``client=`` the given redis-py client is used as is and
+        never closed by the cache.
+
+        Raises :class:`~tradecache.errors.ConnectionLost` if the server cannot
+        be reached within the latency budget.
+
+        Example::
+
+            async with Cache.connect("redis://localhost:6379/0", namespace="prod") as cache:
+                ...
+        """
+        if isinstance(url, Settings):
+            settings, url = url, None
+        values: dict[str, Any] = dict(overrides)
+        if url is not None:
+            values["url"] = url
+        if namespace is not None:
+            values["namespace"] = namespace
+        if cluster is not None:
+            values["cluster"] = cluster
+        if settings is None:
+            settings = Settings(**values)
+        elif values:
+            settings = Settings(**(settings.model_dump() | values))
+        return _Connecting(cls, settings, client)
+
+    async def _start(self) -> None:
+        try:
+            info = await self._info("server")
+        except BaseException:
+            await self.close()
+            raise
+        self.server_version = _parse_version(str(info.get("redis_version", "0.0.0")))
+
+    @redis_errors
+    async def _info(self, section: str) -> dict[str, Any]:
+        if isinstance(self.client, RedisCluster):
+            # One node answers for the server section; memory is summed by health().
+            reply = await self.client.info(section, target_nodes=RedisCluster.RANDOM)
+        else:
+            reply = await self.client.info(section)
+        return dict(reply)
+
+    async def close(self) -> None:
+        """Close the client (unless it was handed in). Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self.client.aclose()
+
+    async def __aenter__(self) -> Cache:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- health --------------------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Round-trip time of a ``PING`` in seconds; raises ``ConnectionLost`` when down.
+
+        Example: ``rtt = await cache.ping()``
+        """
+        started = time.perf_counter()
+        try:
+            await self._ping()
+        except ConnectionLost:
+            self.metrics.observe("cache.ping", time.perf_counter() - started, error=True)
+            raise
+        elapsed = time.perf_counter() - started
+        self.metrics.observe("cache.ping", elapsed)
+        return elapsed
+
+    @redis_errors
+    async def _ping(self) -> None:
+        await self.client.ping()
+
+    async def health(self) -> Health:
+        """Server mode, version, latency, memory and eviction-policy warnings.
+
+        Raises ``ConnectionLost`` when the server is down (it never reports a
+        dead server as merely unhealthy: a caller must not mistake that).
+
+        Example::
+
+            report = await cache.health()
+            if report.warnings: log.warning("redis: %s", report.warnings)
+        """
+        latency = await self.ping()
+        memory, nodes = await self._memory()
+        version = ".".join(map(str, self.server_version))
+        policy = str(memory.get("maxmemory_policy", "noeviction"))
+        warnings = []
+        if policy in _UNSAFE_EVICTION:
+            warnings.append(
+                f"maxmemory-policy {policy} may evict locks, claims and queued orders; "
+                "use noeviction"
+            )
+        if not self.supports(6, 2):
+            warnings.append(f"Redis {version} is older than the supported 6.2")
+        return Health(
+            ok=not warnings,
+            mode=self.mode,
+            version=version,
+            latency_ms=latency * 1000,
+            nodes=nodes,
+            used_memory=int(memory.get("used_memory", 0)),
+            maxmemory=int(memory.get("maxmemory", 0)),
+            maxmemory_policy=policy,
+            warnings=tuple(warnings),
+        )
+
+    @redis_errors
+    async def _memory(self) -> tuple[dict[str, Any], int]:
+        if not isinstance(self.client, RedisCluster):
+            return dict(await self.client.info("memory")), 1
+        replies = await self.client.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        per_node = list(replies.values())
+        merged = dict(per_node[0])
+        merged["used_memory"] = sum(int(node.get("used_memory", 0)) for node in per_node)
+        return merged, len(per_node)
+
+    # --- stores and primitives: each is built on first use from the context --------------------
+
+    @cached_property
+    def context(self) -> Context:
+        """The :class:`~tradecache.context.Context` the stores are built with."""
+        return Context(
+            client=self.client,
+            keys=self.keys,
+            codec=self.codec,
+            settings=self.settings,
+            metrics=self.metrics,
+            server_version=self.server_version,
+        )
+
+    def stats(self) -> dict[str, OperationStats]:
+        """Per-operation counts, errors and latency percentiles of this process.
+
+        Example: ``cache.stats()["cache.ping"].p99_ms``
+        """
+        return self.metrics.snapshot()
+
+
+class _Connecting:
+    """What :meth:`Cache.connect` returns: awaitable and an async context manager."""
+
+    __slots__ = ("_cache", "_client", "_cls", "_settings")
+
+    def __init__(self, cls: type[Cache], settings: Settings, client: Client | None) -> None:
+        self._cls = cls
+        self._settings = settings
+        self._client = client
+        self._cache: Cache | None = None
+
+    async def _open(self) -> Cache:
+        if self._client is None:
+            cache = self._cls(create_client(settings=self._settings), self._settings)
+        else:
+            cache = self._cls(self._client, self._settings, owns_client=False)
+        await cache._start()
+        return cache
+
+    def __await__(self) -> Generator[Any, None, Cache]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Cache:
+        self._cache = await self._open()
+        return self._cache
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._cache is not None:
+            await self._cache.close()
+
+
+def connect(
+    url: str | Settings | None = None, *, namespace: str | None = None, **kwargs: Any
+) -> _Connecting:
+    """Shorthand for :meth:`Cache.connect`.
+
+    Example: ``async with tradecache.connect(namespace="prod") as cache: ...``
+    """
+    return Cache.connect(url, namespace=namespace, **kwargs)

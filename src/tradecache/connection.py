@@ -1,0 +1,242 @@
+"""Build a redis-py asyncio client from a URL or :class:`~tradecache.config.Settings`.
+
+One function, :func:`create_client`, understands every deployment::
+
+    from tradecache.connection import create_client
+
+    client = create_client("redis://localhost:6379/0")           # standalone, TCP
+    client = create_client("rediss://:secret@cache:6380/0")        # TLS
+    client = create_client("unix:///run/redis.sock?db=2")          # unix socket
+    client = create_client("redis+cluster://10.0.0.1:7000")        # Redis Cluster
+    client = create_client("redis://10.0.0.1:7000", cluster=True)  # same
+    client = create_client("redis+sentinel://s1:26379,s2:26379/mymaster/0")  # Sentinel
+
+Standalone clients use a ``BlockingConnectionPool`` (a burst of concurrent
+calls waits for a connection instead of failing). The retry policy is explicit
+and small: by default one retry after 10 ms, with a 0.25 s connect timeout and
+a 1 s read timeout, so a dead server costs well under a second per call and
+surfaces as :class:`~tradecache.errors.ConnectionLost`, never as a hang.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .config import Settings
+from .errors import ConfigError
+
+__all__ = [
+    "Client",
+    "SentinelAddress",
+    "create_client",
+    "is_cluster",
+    "parse_sentinel_url",
+    "redact_url",
+]
+
+Client: TypeAlias = "Redis | RedisCluster"
+
+_PASSWORD_IN_URL = re.compile(r"(?P<scheme>[a-z+]+://)(?P<user>[^:@/]*):(?P<pw>[^@/]*)@")
+_PASSWORD_IN_QUERY = re.compile(r"(?P<key>[?&]password=)[^&]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its password replaced by ``***``; safe to log or repr.
+
+    >>> redact_url("redis://user:s3cret@host:6379/0")
+    'redis://user:***@host:6379/0'
+    """
+    url = _PASSWORD_IN_URL.sub(r"\g<scheme>\g<user>:***@", url)
+    return _PASSWORD_IN_QUERY.sub(r"\g<key>***", url)
+
+
+def is_cluster(client: Any) -> bool:
+    """True when ``client`` is a redis-py ``RedisCluster``."""
+    return isinstance(client, RedisCluster)
+
+
+def _retry(settings: Settings) -> Retry:
+    backoff = (
+        ExponentialBackoff(cap=settings.retry_backoff_cap, base=settings.retry_backoff)
+        if settings.retry_backoff > 0
+        else NoBackoff()
+    )
+    return Retry(
+        backoff,
+        settings.retry_attempts,
+        supported_errors=(RedisConnectionError, RedisTimeoutError),
+    )
+
+
+def _common_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+        "retry": _retry(settings),
+        "protocol": 2,
+        "client_name": settings.client_name,
+    }
+    if settings.username is not None:
+        kwargs["username"] = settings.username
+    if settings.password is not None:
+        kwargs["password"] = settings.password.get_secret_value()
+    return kwargs
+
+
+def _ssl_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"ssl_cert_reqs": settings.ssl_cert_reqs}
+    for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(settings, name)
+        if value is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelAddress:
+    """A parsed ``redis+sentinel://`` URL."""
+
+    sentinels: list[tuple[str, int]]
+    service: str | None
+    db: int
+    username: str | None
+    password: str | None
+
+
+def parse_sentinel_url(url: str) -> SentinelAddress:
+    """Parse ``redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]``.
+
+    >>> parse_sentinel_url("redis+sentinel://s1:26379,s2/mymaster/1").sentinels
+    [('s1', 26379), ('s2', 26379)]
+    """
+    rest = url[len("redis+sentinel://") :]
+    auth, _, hosts_and_path = rest.rpartition("@")
+    hosts, _, path = hosts_and_path.partition("/")
+    path = path.split("?", 1)[0]
+    sentinels: list[tuple[str, int]] = []
+    for item in filter(None, hosts.split(",")):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+        try:
+            sentinels.append((host, int(port)))
+        except ValueError:
+            raise ConfigError("url", f"bad sentinel port in {item!r}") from None
+    if not sentinels:
+        raise ConfigError("url", "a redis+sentinel:// URL needs at least one host")
+    parts = [p for p in path.split("/") if p]
+    service = parts[0] if parts else None
+    try:
+        db = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        raise ConfigError("url", f"bad database number {parts[1]!r}") from None
+    username = password = None
+    if auth:
+        user, _, pw = auth.partition(":")
+        username = unquote(user) or None
+        password = unquote(pw) or None
+    return SentinelAddress(sentinels, service, db, username, password)
+
+
+def _cluster_client(url: str, settings: Settings) -> RedisCluster:
+    kwargs = _common_kwargs(settings)
+    kwargs["retry"] = _retry(settings)
+    if url.startswith("rediss://"):
+        kwargs.update(_ssl_kwargs(settings))
+    # The cluster client retries MOVED/ASK/CLUSTERDOWN on its own; bound it so a
+    # dead cluster still fails inside the latency budget.
+    return RedisCluster.from_url(
+        url,
+        max_connections=settings.pool_size,
+        cluster_error_retry_attempts=max(1, settings.retry_attempts),
+        **kwargs,
+    )
+
+
+def _sentinel_client(url: str, settings: Settings) -> Redis:
+    address = parse_sentinel_url(url)
+    service = address.service or settings.sentinel_service
+    if not service:
+        raise ConfigError("url", "a redis+sentinel:// URL needs a service name")
+    kwargs = _common_kwargs(settings)
+    if address.password is not None and settings.password is None:
+        kwargs["password"] = address.password
+    if address.username is not None and settings.username is None:
+        kwargs["username"] = address.username
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_timeout": settings.socket_timeout,
+    }
+    if settings.sentinel_password is not None:
+        sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        address.sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs
+    )
+    client: Redis = sentinel.master_for(service, db=address.db)
+    return client
+
+
+def _standalone_client(url: str, settings: Settings) -> Redis:
+    kwargs = _common_kwargs(settings)
+    if url.startswith("rediss://"):
+        kwargs.update(_ssl_kwargs(settings))
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=settings.pool_size,
+        timeout=settings.pool_timeout,
+        **kwargs,
+    )
+    return Redis(connection_pool=pool, auto_close_connection_pool=True)
+
+
+def _pop_cluster_flag(url: str) -> tuple[str, bool]:
+    """Remove ``cluster=...`` from the query string (redis-py rejects it)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    flag = query.pop("cluster", ["false"])[0].lower() in ("1", "true", "yes")
+    rest = "&".join(f"{key}={value}" for key, values in query.items() for value in values)
+    return urlunsplit(parts._replace(query=rest)), flag
+
+
+def create_client(
+    url: str | Settings | None = None,
+    *,
+    cluster: bool | None = None,
+    settings: Settings | None = None,
+) -> Client:
+    """Build the redis-py asyncio client for ``url`` (or ``settings.url``).
+
+    ``cluster=True`` (or ``settings.cluster``, or ``?cluster=true`` in the URL)
+    makes a ``redis://`` URL a cluster seed; ``redis+cluster://`` always is.
+    The client is not connected yet: redis-py connects on first use.
+
+    Example::
+
+        client = create_client("redis+cluster://127.0.0.1:7000")
+        await client.ping()
+    """
+    if isinstance(url, Settings):
+        settings, url = url, None
+    settings = settings or Settings()
+    url = url or settings.url
+    if url.startswith("redis+sentinel://"):
+        return _sentinel_client(url, settings)
+    if url.startswith("redis+cluster://"):
+        return _cluster_client("redis://" + url[len("redis+cluster://") :], settings)
+    if url.startswith("rediss+cluster://"):
+        return _cluster_client("rediss://" + url[len("rediss+cluster://") :], settings)
+    url, flagged = _pop_cluster_flag(url)
+    if cluster is None:
+        cluster = settings.cluster or flagged
+    if cluster:
+        return _cluster_client(url, settings)
+    return _standalone_client(url, settings)

@@ -1,0 +1,130 @@
+import socket
+import time
+
+import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+
+from tradecache import Cache, Settings
+from tradecache.connection import create_client, is_cluster, parse_sentinel_url, redact_url
+from tradecache.errors import ConfigError, ConnectionLost
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://u:pw@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+        ("rediss://u:p%40w@h/0", "rediss://u:***@h/0"),
+        ("redis+sentinel://:pw@a:1,b:2/m", "redis+sentinel://:***@a:1,b:2/m"),
+        ("unix:///tmp/r.sock?db=1&password=pw", "unix:///tmp/r.sock?db=1&password=***"),
+        ("redis://h:1/0", "redis://h:1/0"),
+    ],
+)
+def test_redact_url(url, expected):
+    assert redact_url(url) == expected
+
+
+def test_parse_sentinel_url():
+    a = parse_sentinel_url("redis+sentinel://user:p%3Aw@s1:26380,s2/mymaster/2?x=1")
+    assert a.sentinels == [("s1", 26380), ("s2", 26379)]
+    assert (a.service, a.db, a.username, a.password) == ("mymaster", 2, "user", "p:w")
+    b = parse_sentinel_url("redis+sentinel://s1")
+    assert (b.service, b.db, b.username, b.password) == (None, 0, None, None)
+    with pytest.raises(ConfigError, match="bad sentinel port"):
+        parse_sentinel_url("redis+sentinel://s1:x/m")
+    with pytest.raises(ConfigError, match="at least one host"):
+        parse_sentinel_url("redis+sentinel:///m")
+    with pytest.raises(ConfigError, match="bad database"):
+        parse_sentinel_url("redis+sentinel://s1/m/zero")
+
+
+async def test_standalone_client_uses_a_blocking_pool(redis_url):
+    client = create_client(redis_url, settings=Settings(pool_size=3, pool_timeout=0.2))
+    try:
+        assert isinstance(client, Redis)
+        pool = client.connection_pool
+        assert isinstance(pool, BlockingConnectionPool)
+        assert pool.max_connections == 3
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_unix_and_tls_urls_pick_their_connection_class(tmp_path):
+    unix = create_client(f"unix://{tmp_path}/r.sock?db=2")
+    assert unix.connection_pool.connection_class is UnixDomainSocketConnection
+    tls = create_client(
+        "rediss://:pw@localhost:6380/0",
+        settings=Settings(ssl_ca_certs="/nonexistent/ca.pem", ssl_cert_reqs="none"),
+    )
+    assert tls.connection_pool.connection_class is SSLConnection
+    assert tls.connection_pool.connection_kwargs["ssl_ca_certs"] == "/nonexistent/ca.pem"
+    assert "pw" not in repr(tls)
+    await unix.aclose()
+    await tls.aclose()
+
+
+async def test_cluster_flags():
+    port = closed_port()
+    for client in (
+        create_client(f"redis+cluster://127.0.0.1:{port}"),
+        create_client(f"redis://127.0.0.1:{port}", cluster=True),
+        create_client(f"redis://127.0.0.1:{port}/0?cluster=true"),
+        create_client(Settings(url=f"redis://127.0.0.1:{port}", cluster=True)),
+        create_client(
+            f"rediss+cluster://127.0.0.1:{port}", settings=Settings(ssl_cert_reqs="none")
+        ),
+    ):
+        assert is_cluster(client)
+        await client.aclose()
+    plain = create_client(f"redis://127.0.0.1:{port}/0?cluster=no&client_name=x")
+    assert not is_cluster(plain)
+    await plain.aclose()
+
+
+def test_sentinel_needs_a_service():
+    with pytest.raises(ConfigError, match="service name"):
+        create_client("redis+sentinel://127.0.0.1:1")
+    client = create_client(
+        "redis+sentinel://127.0.0.1:1",
+        settings=Settings(sentinel_service="m", sentinel_password="pw", username="u", password="p"),
+    )
+    assert isinstance(client, Redis)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:{port}/0",
+        "redis+cluster://127.0.0.1:{port}",
+        "redis+sentinel://u:pw@127.0.0.1:{port}/mymaster",
+    ],
+)
+async def test_closed_port_raises_connection_lost_fast(url):
+    url = url.format(port=closed_port())
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        await Cache.connect(url)
+    assert time.monotonic() - started < 1.0
+
+
+async def test_outage_after_connect_raises_connection_lost(redis_server_factory):
+    server = redis_server_factory()
+    cache = await Cache.connect(server.url, namespace="outage")
+    try:
+        assert await cache.ping() > 0
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            await cache.ping()
+        assert time.monotonic() - started < 1.0
+        assert cache.stats()["cache.ping"].errors == 1
+    finally:
+        await cache.close()
