@@ -10,7 +10,8 @@ FAIL = Script("test_fail", "return redis.error_reply('nope')")
 
 async def flush_scripts(cache):
     if cache.is_cluster:
-        await cache.client.script_flush(target_nodes=cache.client.PRIMARIES)
+        for node in cache.client.get_primaries():
+            await cache.client.execute_command("SCRIPT", "FLUSH", target_nodes=node)
     else:
         await cache.client.script_flush()
 

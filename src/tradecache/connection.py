@@ -149,17 +149,11 @@ def parse_sentinel_url(url: str) -> SentinelAddress:
 
 def _cluster_client(url: str, settings: Settings) -> RedisCluster:
     kwargs = _common_kwargs(settings)
-    kwargs["retry"] = _retry(settings)
     if url.startswith("rediss://"):
         kwargs.update(_ssl_kwargs(settings))
-    # The cluster client retries MOVED/ASK/CLUSTERDOWN on its own; bound it so a
-    # dead cluster still fails inside the latency budget.
-    return RedisCluster.from_url(
-        url,
-        max_connections=settings.pool_size,
-        cluster_error_retry_attempts=max(1, settings.retry_attempts),
-        **kwargs,
-    )
+    # The same small Retry bounds the cluster client's own retries of
+    # MOVED/ASK/CLUSTERDOWN, so a dead cluster fails inside the latency budget.
+    return RedisCluster.from_url(url, max_connections=settings.pool_size, **kwargs)
 
 
 def _sentinel_client(url: str, settings: Settings) -> Redis:
@@ -172,9 +166,12 @@ def _sentinel_client(url: str, settings: Settings) -> Redis:
         kwargs["password"] = address.password
     if address.username is not None and settings.username is None:
         kwargs["username"] = address.username
+    # The sentinels' own clients get the same small retry policy: redis-py's
+    # default (3 retries, up to 10 s backoff) would turn a dead sentinel into seconds.
     sentinel_kwargs: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout,
         "socket_timeout": settings.socket_timeout,
+        "retry": _retry(settings),
     }
     if settings.sentinel_password is not None:
         sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
@@ -195,7 +192,7 @@ def _standalone_client(url: str, settings: Settings) -> Redis:
         timeout=settings.pool_timeout,
         **kwargs,
     )
-    return Redis(connection_pool=pool, auto_close_connection_pool=True)
+    return Redis.from_pool(pool)
 
 
 def _pop_cluster_flag(url: str) -> tuple[str, bool]:

@@ -38,6 +38,7 @@ __all__ = [
     "KeyReuse",
     "LockLost",
     "NotFound",
+    "ReplayedFailure",
     "TradecacheError",
     "ValidationError",
     "WaitTimeout",
@@ -96,6 +97,22 @@ class InProgress(TradecacheError):
 
 class KeyReuse(TradecacheError):
     """An idempotency key was reused with a different payload."""
+
+
+class ReplayedFailure(TradecacheError):
+    """An idempotent operation already ran and failed with an error classified final.
+
+    The failure is replayed instead of running the operation again;
+    ``error_type`` and ``message`` describe the original exception.
+    """
+
+    def __init__(self, error_type: str, message: str) -> None:
+        self.error_type = error_type
+        self.message = message
+        super().__init__(f"already failed with {error_type}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.error_type, self.message))
 
 
 class CircuitOpen(TradecacheError):
@@ -160,6 +177,7 @@ def translate(exc: BaseException) -> TradecacheError:
 
 _TRANSLATED: tuple[type[BaseException], ...] = (
     redis_exceptions.RedisError,
+    redis_exceptions.RedisClusterException,
     ConnectionError,
     OSError,
 )

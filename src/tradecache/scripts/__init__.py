@@ -69,7 +69,9 @@ class Script:
 
     def queue(self, pipe: Any, keys: Sequence[str] = (), args: Sequence[Arg] = ()) -> None:
         """Queue an ``EVALSHA`` of this script on a redis-py pipeline."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # execute_command: redis-py's ClusterPipeline blocks its evalsha() method but
+        # routes a raw EVALSHA by its keys like any other command.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
 class ScriptBatch:
