@@ -124,9 +124,9 @@ class Codec:
             raise CodecError("$", f"cannot encode {type(obj).__name__}: {exc}") from exc
 
     def _decoder(self, type_: Any) -> Callable[[Buffer], Any]:
-        decode = self._decoders.get(type_)
-        if decode is None:
-            decode = self._decoders[type_] = self._decoder_factory(type_).decode
+        """Build, cache and return the decode function for a type seen the first time."""
+        decode: Callable[[Buffer], Any] = self._decoder_factory(type_).decode
+        self._decoders[type_] = decode
         return decode
 
     @overload

@@ -70,6 +70,7 @@ from typing import (
     TypeAlias,
     TypeVar,
     Union,
+    cast,
     get_args,
     get_origin,
     get_type_hints,
@@ -225,7 +226,7 @@ def enc_hook(obj: Any) -> Any:
     """
     if type(obj) is _UtcDateTime:
         return (obj - _EPOCH) // _ONE_MS
-    raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+    raise TypeError(f"cannot encode objects of type {type(obj).__name__}")
 
 
 def dec_hook(type_: type, obj: Any) -> Any:
@@ -239,7 +240,7 @@ def dec_hook(type_: type, obj: Any) -> Any:
         if type(obj) is int and 0 <= obj <= _MAX_MS:  # the wire's fast path
             return _EPOCH + timedelta(milliseconds=obj)
         return _to_utc(obj)
-    raise NotImplementedError(f"cannot decode into {type_!r}")
+    raise TypeError(f"cannot decode into {type_!r}")
 
 
 # --------------------------------------------------------------------------- enums
@@ -803,8 +804,10 @@ class Model(
             >>> Fee(cost=Decimal("0.1"), currency="BNB").to_dict()
             {'currency': 'BNB', 'cost': Decimal('0.1')}
         """
-        out: dict[str, Any] = msgspec.to_builtins(self, enc_hook=enc_hook, builtin_types=(Decimal,))
-        return out
+        out = msgspec.to_builtins(self, enc_hook=enc_hook, builtin_types=(Decimal,))
+        if isinstance(out, list):  # an array-like model (Candle)
+            return dict(zip(type(self).__struct_encode_fields__, out, strict=True))
+        return cast(dict[str, Any], out)
 
     def to_ccxt(self) -> dict[str, Any]:
         """Return a ccxt-style dict: every camelCase field (``None`` included).
