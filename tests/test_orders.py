@@ -7,12 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from helpers.order_flow import ccxt_order, snapshot, with_settings
 
-from tradecache import Cache, KeyReuse, NotFound, ValidationError
+from helpers.order_flow import ccxt_order, ccxt_trade, snapshot, with_settings
+from tradecache import Cache, CommandError, ConnectionLost, KeyReuse, NotFound, ValidationError
 from tradecache.models import Fee, Order, OrderStatus, from_ms
+from tradecache.server import RedisServer
 from tradecache.stores.orders import OrdersCache
 from tradecache.testing import wait_until
+
+PATIENT = {"connect_timeout": 5.0, "socket_timeout": 5.0, "pool_timeout": 5.0}
 
 # --- submit: idempotency -------------------------------------------------------------------
 
@@ -63,9 +66,7 @@ async def test_idempotency_marker_expires_with_order_ttl(cache: Cache) -> None:
     marker = cache.keys.order_submitted("binance", "cid-1")
     assert 0 < await cache.client.pttl(marker) <= 1500
     await wait_until(lambda: cache.client.exists(marker), timeout=5, message="marker kept")
-    await wait_until(
-        lambda: _gone(cache, marker), timeout=5, message="the marker never expired"
-    )
+    await wait_until(lambda: _gone(cache, marker), timeout=5, message="the marker never expired")
     assert await orders.submit(ccxt_order("1"), exchange="binance") != first
 
 
@@ -220,12 +221,13 @@ async def _has_group(cache: Cache, group: str) -> bool:
     return any(g["name"].decode() == group for g in groups)
 
 
-async def test_blocking_longer_than_the_socket_timeout_is_sliced(cache_factory: Any) -> None:
-    cache = await cache_factory(socket_timeout=0.2)
+async def test_blocking_longer_than_the_socket_timeout_is_sliced(cache: Cache) -> None:
+    assert cache.settings.socket_timeout == 1.0
     loop = asyncio.get_running_loop()
     started = loop.time()
-    assert [d async for d in cache.orders.consume("executors", "e1", block=0.6)] == []
-    assert loop.time() - started >= 0.6
+    # one XREADGROUP BLOCK 2500 would trip the 1 s read timeout: ConnectionLost
+    assert [d async for d in cache.orders.consume("executors", "e1", block=2.5)] == []
+    assert loop.time() - started >= 2.5
 
 
 async def test_consume_and_reclaim_validate_their_arguments(cache: Cache) -> None:
@@ -260,6 +262,25 @@ async def test_a_deleted_queue_is_recreated_with_its_group(cache: Cache) -> None
     assert [d async for d in cache.orders.consume("executors", "e1", block=0)] == []
     await cache.orders.submit(ccxt_order("2"), exchange="binance")
     assert [d.item.id async for d in cache.orders.consume("executors", "e1", block=0)] == ["2"]
+
+
+async def test_a_queue_key_of_another_type_raises_command_error(cache: Cache) -> None:
+    queue = cache.keys.order_queue()
+    await cache.client.set(queue, "not a stream")
+    with pytest.raises(CommandError, match="WRONGTYPE"):
+        async for _ in cache.orders.consume("executors", "e1", block=0):
+            pass
+    await cache.client.delete(queue)
+    assert [d async for d in cache.orders.consume("executors", "e1", block=0)] == []
+    await cache.client.delete(queue)
+    await cache.client.set(queue, "not a stream")
+    with pytest.raises(CommandError, match="WRONGTYPE"):  # the group is known: the read fails
+        async for _ in cache.orders.consume("executors", "e1", block=0):
+            pass
+    with pytest.raises(CommandError, match="WRONGTYPE"):
+        await cache.orders.reclaim("executors", "e1", 0)
+    with pytest.raises(CommandError, match="WRONGTYPE"):
+        await cache.orders.pending("executors")
 
 
 async def test_malformed_entry_is_reported_acknowledged_and_skipped(cache: Cache) -> None:
@@ -435,7 +456,8 @@ async def test_twenty_concurrent_updates_of_different_fields_all_land(
     cache_factory: Any,
 ) -> None:
     """The reference library's read-modify-write lost all but one of these."""
-    writers = [await cache_factory() for _ in range(4)]
+    # generous timeouts: this test is about atomicity, on a loaded CI machine
+    writers = [await cache_factory(**PATIENT) for _ in range(4)]
     await writers[0].orders.save(ccxt_order("1"), exchange="binance")
     changes: list[dict[str, Any]] = [
         {"price": "101"},
@@ -545,3 +567,34 @@ async def test_status_records_and_the_queue_are_separate(cache: Cache) -> None:
     await cache.orders.submit(ccxt_order("2"), exchange="binance")
     assert await cache.orders.get("binance", "2") is None
     assert repr(cache.orders).startswith("<OrdersCache namespace=")
+
+
+# --- outages -------------------------------------------------------------------------------
+
+
+async def test_an_outage_raises_connection_lost_never_a_miss() -> None:
+    with RedisServer() as server:
+        async with Cache.connect(server.url, namespace="outage") as cache:
+            await cache.orders.submit(ccxt_order("1"), exchange="binance")
+            delivery = await anext(aiter(cache.orders.consume("g", "c", block=0)))
+            server.kill()
+            calls = [
+                cache.orders.submit(ccxt_order("2"), exchange="binance"),
+                cache.orders.save(ccxt_order("2"), exchange="binance"),
+                cache.orders.update("binance", "1", status="closed"),
+                cache.orders.get("binance", "1"),
+                cache.orders.list("binance"),
+                cache.orders.pending("g"),
+                cache.orders.reclaim("g", "c", 0),
+                delivery.ack(),
+                cache.trades.push(ccxt_trade("1"), exchange="binance"),
+                cache.trades.recent("binance", "BTC/USDT"),
+                cache.accounts.set_position("a", {"symbol": "BTC/USDT"}),
+                cache.accounts.all_positions(),
+            ]
+            for call in calls:
+                with pytest.raises(ConnectionLost):
+                    await call
+            with pytest.raises(ConnectionLost):
+                async for _ in cache.orders.consume("g", "c", block=0):
+                    pass

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.order_flow import ccxt_trade, snapshot, with_settings
 
+from helpers.order_flow import ccxt_trade, snapshot, with_settings
 from tradecache import Cache, ValidationError
 from tradecache.models import Fee, Trade, from_ms, utc_now
 from tradecache.stores.trades import TradesCache
@@ -271,12 +271,16 @@ async def test_no_trade_lost_when_a_consumer_is_killed_mid_stream(cache: Cache) 
     assert [d async for d in cache.trades.consume(group, "setup", ex, sym, block=0)] == []
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        victim = _spawn("consume", url, ns, ex, sym, group, "victim", "300")
+        # the victim blocks in XREADGROUP first, so the first pushes reach it
+        victim = _spawn("consume", url, ns, ex, sym, group, "victim", "10")
         procs.append(victim)
+        await wait_until(
+            lambda: _consumers(cache, key, group, 2), timeout=60, message="victim start"
+        )
         for name in ("c1", "c2"):
             procs.append(_spawn("consume", url, ns, ex, sym, group, name))
         await wait_until(
-            lambda: _count(cache, test_key("ready")), timeout=60, message="consumers start"
+            lambda: _consumers(cache, key, group, 4), timeout=60, message="consumers start"
         )
         producer = _spawn("produce", url, ns, ex, sym, str(total))
         procs.append(producer)
@@ -331,8 +335,9 @@ async def test_no_trade_lost_when_a_consumer_is_killed_mid_stream(cache: Cache) 
     assert held_trades, "the victim's trades are in the stream and were processed"
 
 
-async def _count(cache: Cache, key: str) -> bool:
-    return bool(await cache.client.scard(key) >= 3)
+async def _consumers(cache: Cache, key: str, group: str, n: int) -> bool:
+    """True once ``n`` consumers (the test's "setup" one included) have read the group."""
+    return len(await cache.client.xinfo_consumers(key, group)) >= n
 
 
 # --- helpers of this module ------------------------------------------------------------------

@@ -17,9 +17,7 @@ async def snapshot(cache: Cache) -> dict[bytes, bytes | None]:
 
 def with_settings(cache: Cache, **settings: Any) -> Context:
     """The cache's context with some settings changed (``order_ttl=1``, ``stream_maxlen=50``)."""
-    return dataclasses.replace(
-        cache.context, settings=cache.settings.model_copy(update=settings)
-    )
+    return dataclasses.replace(cache.context, settings=cache.settings.model_copy(update=settings))
 
 
 def ccxt_order(order_id: str = "1001", **fields: Any) -> dict[str, Any]:

@@ -35,8 +35,14 @@ async def produce(url: str, namespace: str, exchange: str, symbol: str, count: i
         while sent < count:
             size = min(rng.randint(1, 60), count - sent)
             batch = [
-                {"id": str(i), "symbol": symbol, "price": "100.5", "amount": "0.01",
-                 "side": "buy", "timestamp": 1_700_000_000_000 + i}
+                {
+                    "id": str(i),
+                    "symbol": symbol,
+                    "price": "100.5",
+                    "amount": "0.01",
+                    "side": "buy",
+                    "timestamp": 1_700_000_000_000 + i,
+                }
                 for i in range(sent, sent + size)
             ]
             if size == 1:
@@ -63,7 +69,6 @@ async def consume(
                 await asyncio.Event().wait()  # hang, holding the rest of the batch
             await delivery.ack()
 
-        await cache.client.sadd(test_key(cache, "ready"), name)
         while True:
             async for delivery in cache.trades.consume(
                 group, name, exchange, symbol, count=20, block=0.3
@@ -71,9 +76,9 @@ async def consume(
                 await handle(delivery)
             for delivery in await cache.trades.reclaim(group, name, 1.0, exchange, symbol):
                 await handle(delivery)
-            if await cache.client.exists(test_key(cache, "stop")):
-                if await cache.trades.pending(group, exchange, symbol) == 0:
-                    return
+            stop = await cache.client.exists(test_key(cache, "stop"))
+            if stop and await cache.trades.pending(group, exchange, symbol) == 0:
+                return
 
 
 def main(argv: list[str]) -> None:

@@ -50,7 +50,7 @@ from ..context import Context
 from ..errors import KeyReuse, NotFound, ValidationError, redis_errors
 from ..keys import validate_exchange, validate_part
 from ..metrics import instrumented
-from ..models import Order, OrderStatus, convert, enc_hook, to_ms
+from ..models import Order, OrderSide, OrderStatus, convert, enc_hook, to_ms
 from ..scripts import Script
 from ._input import to_model
 from .streams import Delivery, StreamGroups, decode_id
@@ -66,7 +66,7 @@ _WIRE: Final = {f.encode_name: f.name for f in _FIELDS.values()}
 # Identity (part of the key) and the creation time never change through update().
 _FIXED: Final = frozenset({"id", "exchange", "timestamp"})
 # A valid order that update() applies changes to, only to validate them.
-_PROBE: Final = Order(id="probe", symbol="probe", side="buy", amount=Decimal(1))
+_PROBE: Final = Order(id="probe", symbol="probe", side=OrderSide.BUY, amount=Decimal(1))
 
 
 def _encode_fields(order: Order) -> list[str | bytes]:
@@ -107,7 +107,7 @@ class OrdersCache:
     __slots__ = ("_groups", "client", "codec", "keys", "metrics", "settings")
 
     def __init__(self, ctx: Context) -> None:
-        self.client = ctx.client
+        self.client: Any = ctx.client  # redis-py types replies as bytes | str | ...
         self.keys = ctx.keys
         self.codec = ctx.codec
         self.settings = ctx.settings

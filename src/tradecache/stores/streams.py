@@ -54,7 +54,7 @@ from ..errors import CommandError, ValidationError, redis_errors, translate_redi
 from ..keys import validate_part
 from ..scripts import Script
 
-__all__ = ["Delivery", "StreamGroups", "decode_id", "entry_time"]
+__all__ = ["Delivery", "StreamGroups", "decode_id"]
 
 T = TypeVar("T")
 
@@ -75,15 +75,6 @@ Resolver = Callable[[], Awaitable[list[list[str]]]]
 def decode_id(value: bytes | str) -> str:
     """A stream entry id as ``str`` (redis-py returns bytes)."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def entry_time(entry_id: str) -> float:
-    """Epoch seconds at which Redis added the entry (the id's millisecond part).
-
-    >>> entry_time("1700000000123-0")
-    1700000000.123
-    """
-    return int(entry_id.split("-", 1)[0]) / 1000
 
 
 @dataclass(slots=True, eq=False)
@@ -148,10 +139,11 @@ class StreamGroups(Generic[T]):
             ...
     """
 
-    __slots__ = ("_ctx", "_ready", "metrics", "model", "name")
+    __slots__ = ("_client", "_ctx", "_ready", "metrics", "model", "name")
 
     def __init__(self, ctx: Context, model: type[T], name: str) -> None:
         self._ctx = ctx
+        self._client: Any = ctx.client  # redis-py types replies as bytes | str | ...
         self.model = model
         self.name = name
         self.metrics = ctx.metrics
@@ -174,7 +166,7 @@ class StreamGroups(Generic[T]):
         if (stream, group) in self._ready:
             return
         try:
-            await self._ctx.client.xgroup_create(stream, group, id="0", mkstream=True)
+            await self._client.xgroup_create(stream, group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -206,13 +198,13 @@ class StreamGroups(Generic[T]):
         except ValidationError as exc:
             # Acknowledged so it cannot wedge the group; it stays in the stream
             # (XRANGE) for inspection, and the caller sees the error.
-            await self._ctx.client.xack(stream, group, entry_id)
+            await self._client.xack(stream, group, entry_id)
             self.metrics.observe(f"{self.name}.malformed", 0.0, error=True)
             log.error("%s: malformed entry %s on %s: %s", self.name, entry_id, stream, exc)
             raise ValidationError(
                 "entry", f"{stream} {entry_id} is not a valid {self.model.__name__}: {exc}"
             ) from exc
-        return Delivery(item, entry_id, stream, group, self._ctx.client)
+        return Delivery(item, entry_id, stream, group, self._client)
 
     def _slice(self) -> float:
         return min(MAX_BLOCK_SLICE, self._ctx.settings.socket_timeout / 2)
@@ -229,7 +221,7 @@ class StreamGroups(Generic[T]):
         """One XREADGROUP; re-creates the group when the stream was deleted meanwhile."""
         request = dict(zip(streams, ids, strict=True))
         try:
-            reply = await self._ctx.client.xreadgroup(
+            reply = await self._client.xreadgroup(
                 group, consumer, request, count=count, block=block_ms
             )
         except ResponseError as exc:
@@ -238,7 +230,7 @@ class StreamGroups(Generic[T]):
             self._forget(streams, group)
             for stream in streams:
                 await self.ensure_group(stream, group)
-            reply = await self._ctx.client.xreadgroup(
+            reply = await self._client.xreadgroup(
                 group, consumer, request, count=count, block=block_ms
             )
         return [(decode_id(stream), entries) for stream, entries in reply or ()]
@@ -319,7 +311,7 @@ class StreamGroups(Generic[T]):
                         continue
                     yield await self._delivery(stream, group, entry_id, fields)
                 if missing:
-                    await self._ctx.client.xack(stream, group, *missing)
+                    await self._client.xack(stream, group, *missing)
                     self._report_missing(stream, group, missing)
             for stream in done:
                 del cursors[stream]
@@ -378,7 +370,7 @@ class StreamGroups(Generic[T]):
             while True:
                 try:
                     reply = await _RECLAIM(
-                        self._ctx.client,
+                        self._client,
                         keys=[stream],
                         args=[group, consumer, idle_ms, cursor, count],
                     )
@@ -409,7 +401,7 @@ class StreamGroups(Generic[T]):
         self.check_names(group)
         if not streams:
             return 0
-        pipe = self._ctx.client.pipeline(transaction=False)
+        pipe = self._client.pipeline(transaction=False)
         for stream in streams:
             pipe.xpending(stream, group)
         total = 0

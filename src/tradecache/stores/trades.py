@@ -77,7 +77,7 @@ class TradesCache:
     __slots__ = ("_public", "_user", "client", "codec", "keys", "metrics", "settings")
 
     def __init__(self, ctx: Context) -> None:
-        self.client = ctx.client
+        self.client: Any = ctx.client  # redis-py types replies as bytes | str | ...
         self.keys = ctx.keys
         self.codec = ctx.codec
         self.settings = ctx.settings
