@@ -28,6 +28,7 @@ from tradecache.server import (
     RedisServerNotFound,
     _pid_alive,
     _port_free,
+    _proc_state,
     binary_version,
     cluster_is_ready,
     find_redis_server,
@@ -353,6 +354,8 @@ def test_reaper_kills_a_live_orphan_and_spares_the_living(
 ) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
+    zombie = subprocess.Popen(["true"])  # exited, never waited for: a zombie owner is dead
+    wait_until_sync(lambda: _proc_state(zombie.pid) == "Z", timeout=10)
     orphan = RedisServer(binary).start()  # stands for a server whose owner died
     (orphan.dir / "owner.pid").write_text(f"{dead.pid}\n")
     mine = RedisServer(binary).start()  # owner alive: untouched
@@ -364,24 +367,30 @@ def test_reaper_kills_a_live_orphan_and_spares_the_living(
     vanished.mkdir()
     (vanished / "owner.pid").write_text(f"{dead.pid}\n")
     (vanished / "redis.pid").write_text(f"{dead.pid}\n")
+    undead = tmp_root / "tradecache-undead"
+    undead.mkdir()
+    (undead / "owner.pid").write_text(f"{zombie.pid}\n")
     (tmp_root / "tradecache-creating").mkdir()  # no owner.pid yet
     (tmp_root / "tradecache-file").write_text("not a directory")
     try:
         orphan_dir, orphan_pid = orphan.dir, orphan.pid
         assert orphan_pid is not None
-        assert sorted(reap_stale(tmp_root)) == sorted([orphan_dir, recycled, vanished])
+        reaped = reap_stale(tmp_root)
+        assert sorted(reaped) == sorted([orphan_dir, recycled, vanished, undead])
         assert orphan._proc is not None
         orphan._proc.wait(10)  # our child: reap the zombie the reaper's SIGKILL made
         assert _gone(orphan_pid)
         assert mine.client().ping()
         assert (tmp_root / "tradecache-creating").exists()
     finally:
+        zombie.wait()
         orphan.stop()
         mine.stop()
 
 
 def test_owner_of_another_user_counts_as_alive() -> None:
     assert _pid_alive(1)
+    assert _proc_state(2**22 + 1) == "?"  # beyond pid_max: no such process
     if os.geteuid() != 0:  # pragma: no cover - CI runs as root or not
         return
     os.setresuid(65534, 65534, 0)  # kill(1, 0) as nobody: EPERM, yet the process exists

@@ -214,14 +214,23 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def _proc_state(pid: int) -> str:
+    """The state letter in ``/proc/<pid>/stat`` (``Z`` for a zombie), ``?`` if unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    # A zombie is dead: where PID 1 does not reap, orphans stay zombies for good.
+    return _proc_state(pid) != "Z"
 
 
 def _is_redis_process(pid: int) -> bool:

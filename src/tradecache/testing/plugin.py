@@ -206,7 +206,8 @@ def _with_db(url: str, db: int) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = [(key, value) for key, value in parse_qsl(parts.query) if key != "db"]
-        return urlunsplit(parts._replace(query=urlencode([*query, ("db", str(db))])))
+        # Not urlunsplit: it drops the "//" of a URL without a host.
+        return f"unix://{parts.path}?{urlencode([*query, ('db', str(db))])}"
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
