@@ -75,6 +75,7 @@ that topic; anything else on it is counted as malformed.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections import deque
@@ -221,7 +222,7 @@ class Event:
             self._payload = msgspec.json.decode(self.envelope.payload)
         return self._payload
 
-    def decode(self, type_: type[T]) -> T:
+    def decode(self, type_: builtins.type[T]) -> T:
         """The payload decoded into ``type_``; ``ValidationError`` if it does not fit.
 
         Example: ``ticker = event.decode(Ticker)``
@@ -336,6 +337,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+async def _read_reply(conn: Any, silence: float) -> Any:
+    """The next reply, or ``None`` after ``silence`` seconds without one."""
+    return await conn.read_response(timeout=silence, push_request=True)
+
+
 class _Link:
     """One server connection carrying some of a subscription's channels."""
 
@@ -391,15 +397,19 @@ class _Link:
         interval = self.sub.health_interval
         pinged = False
         while True:
-            reply = await conn.read_response(timeout=interval, push_request=True)
-            if reply is None:  # silence for a whole interval
-                if pinged:
-                    raise RedisTimeoutError(f"no answer to PING within {interval}s")
-                await conn.send_command("PING")
-                pinged = True
-                continue
-            pinged = False
+            # (One call per reply: coverage.py loses the lines right after an await
+            # whose callee swallowed a timeout's cancellation, so the logic lives in _on.)
+            pinged = await self._on(conn, await _read_reply(conn, interval), pinged)
+
+    async def _on(self, conn: Any, reply: Any, pinged: bool) -> bool:
+        """Handle one reply, or a silence (``None``); return whether a PING is unanswered."""
+        if reply is not None:
             await self.sub._on_reply(self, reply)
+            return False
+        if pinged:  # silence even after a PING: the server is gone
+            raise RedisTimeoutError(f"no answer to PING within {self.sub.health_interval}s")
+        await conn.send_command("PING")  # silence is not an error: is the server there?
+        return True
 
     async def drop(self) -> None:
         conn, self.conn = self.conn, None
@@ -630,21 +640,22 @@ class Subscription:
         if isinstance(client, RedisCluster):
             node = _node(client, channel)
             return node.connection_class(**node.connection_kwargs)
-        return client.connection_pool.make_connection()
+        pool: Any = client.connection_pool  # also Sentinel's pool: it finds the master
+        return pool.make_connection()
 
     def _connection_lost(self, exc: BaseException) -> None:
         self.disconnects += 1
         logger.warning("%s: connection lost (%s); reconnecting", self.name, exc)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._fail(task.exception())  # type: ignore[arg-type]
-
-    def _fail(self, exc: BaseException) -> None:
-        if self._failure is None and not self._closed:
-            logger.error("%s: stopped by %r", self.name, exc)
-            self._failure = exc
-            self._wakeup.set()
+        # A link task only ends when cancelled (close) or by an unexpected error;
+        # the consumer must hear of the latter, never wait forever on a dead reader.
+        if task.cancelled():
+            return
+        exc = task.exception()
+        logger.error("%s: reader stopped by %r", self.name, exc)
+        self._failure = self._failure or exc
+        self._wakeup.set()
 
     # --- messages ------------------------------------------------------------------------------
 
