@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from helpers import metadata_worker
-from tradecache.errors import ValidationError, WaitTimeout
+from tradecache import Cache
+from tradecache.errors import ConnectionLost, ValidationError, WaitTimeout
 from tradecache.models import Exchange, Market, Ticker
+from tradecache.server import RedisServer
 from tradecache.stores.exchanges import to_exchange
 from tradecache.stores.metadata import NEGATIVE, ttl_seconds
 from tradecache.stores.symbols import to_market
@@ -466,6 +468,9 @@ async def test_put_many_complete_replaces_the_cached_list(cache):
     [
         (lambda s: s.get("bin ance", "BTC/USDT"), "exchange"),
         (lambda s: s.get(None, "BTC/USDT"), "exchange"),
+        (lambda s: s.get(["binance"], "BTC/USDT"), "exchange"),
+        (lambda s: s.get("binance", ["BTC/USDT"]), "symbol"),
+        (lambda s: s.get("binance", 7), "symbol"),
         (lambda s: s.get("binance", "BTC {USDT}"), "symbol"),
         (lambda s: s.get("binance", ""), "symbol"),
         (lambda s: s.put(ccxt_market("BTC/USDT"), exchange="binance", ttl=0), "ttl"),
@@ -586,6 +591,7 @@ async def test_exchanges_writers_list_and_invalidate(cache):
     ("call", "field"),
     [
         (lambda e: e.get("a b"), "exchange"),
+        (lambda e: e.get(["binance"]), "exchange"),
         (lambda e: e.put({"id": "{x}"}), "id"),
         (lambda e: e.put({"name": "x"}), "id"),
         (lambda e: e.put(42), "$"),
@@ -604,3 +610,23 @@ async def test_bad_exchange_input_raises_and_writes_nothing(cache, call, field):
         await call(cache.exchanges)
     assert err.value.field == field
     assert await snapshot(cache) == before
+
+
+async def test_an_outage_is_raised_never_a_miss():
+    with RedisServer() as server:
+        cache = await Cache.connect(server.url, namespace="outage")
+        try:
+            cache.symbols.loader = Loader({("binance", "BTC/USDT"): ccxt_market("BTC/USDT")})
+            assert await cache.symbols.get("binance", "BTC/USDT") is not None
+            info = await cache.processes.register("tick", "binance:BTC/USDT")
+            server.kill()
+            with pytest.raises(ConnectionLost):
+                await cache.symbols.get("binance", "BTC/USDT")
+            with pytest.raises(ConnectionLost):
+                await cache.exchanges.get("binance")
+            with pytest.raises(ConnectionLost):
+                await cache.processes.heartbeat(info.id)
+            with pytest.raises(ConnectionLost):
+                await cache.symbols.put(ccxt_market("ETH/USDT"), exchange="binance")
+        finally:
+            await cache.close()

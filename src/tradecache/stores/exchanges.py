@@ -23,7 +23,8 @@ from __future__ import annotations
 import builtins
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, TypeAlias
+from functools import lru_cache
+from typing import Any, Final, TypeAlias
 
 from ..context import Context
 from ..errors import ValidationError
@@ -55,6 +56,9 @@ def to_exchange(value: object, field: str = "exchange") -> Exchange:
         raise ValidationError(field, f"expected an Exchange or a dict, got {value!r}")
     canonical = validate_exchange(exchange.id, "id")
     return exchange if exchange.id == canonical else exchange.replace(id=canonical)
+
+
+_canonical: Final = lru_cache(maxsize=1024)(validate_exchange)
 
 
 def _exchanges(value: object, field: str) -> list[tuple[str, Exchange]]:
@@ -117,7 +121,10 @@ class ExchangeCache:
             binance = await cache.exchanges.get("binance")
             binance.enabled if binance else False
         """
-        name = validate_exchange(exchange)
+        try:
+            name = _canonical(exchange)  # validated once per spelling: the hit path
+        except TypeError:  # unhashable: not an exchange id; raise its ValidationError
+            name = validate_exchange(exchange)
         loader = self.loader
         if loader is None:
             return await self._store.get(self._space, name, None)

@@ -39,8 +39,10 @@ from datetime import timedelta
 from functools import partial
 from typing import Any, Final, Generic, TypeVar
 
+from redis.exceptions import RedisError
+
 from ..context import Context
-from ..errors import ValidationError, WaitTimeout, redis_errors
+from ..errors import ValidationError, WaitTimeout, redis_errors, translate
 from ..models import Model
 from ..scripts import Script
 
@@ -178,24 +180,22 @@ class ReadThrough(Generic[M]):
 
     # --- one entry -----------------------------------------------------------------------------
 
-    @redis_errors
-    async def read(self, space: Space, member: str) -> tuple[bool, M | None]:
-        """``(hit, value)`` from Redis alone; a negative entry is ``(True, None)``."""
-        raw = await self.client.get(space.entry(member))
-        if raw is None:
-            return False, None
-        return True, self.decode(raw)
-
     async def get(
         self, space: Space, member: str, load: Callable[[], Awaitable[M | None]] | None
     ) -> M | None:
         """The entry of ``member``: from Redis, else from ``load()`` (once), else None.
 
         ``load`` returns the validated record or None (a miss, cached negatively).
+        The hit path is one GET and a decode, with no wrapper in between.
         """
-        hit, value = await self.read(space, member)
-        if hit or load is None:
-            return value
+        try:
+            raw = await self.client.get(space.entry_prefix + member)
+        except (RedisError, OSError) as exc:
+            raise translate(exc) from exc
+        if raw is not None:
+            return self.decode(raw)
+        if load is None:
+            return None
         return await self._flight(space.entry(member), lambda: self._fill(space, member, load))
 
     @redis_errors

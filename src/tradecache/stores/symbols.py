@@ -106,9 +106,17 @@ class SymbolCache:
 
     def _space(self, exchange: object) -> tuple[str, Space]:
         """``(canonical exchange id, its Space)``, cached per spelling (the hit path)."""
-        if not isinstance(exchange, str):
-            validate_exchange(exchange)  # raises the ValidationError
-        return _space(self.keys, exchange)
+        try:
+            return _space(self.keys, exchange)
+        except TypeError:  # unhashable: not an exchange id; raise its ValidationError
+            return _space.__wrapped__(self.keys, exchange)
+
+    def _symbol(self, symbol: object) -> str:
+        """A validated symbol (cached: the hit path validates each spelling once)."""
+        try:
+            return _symbol(symbol)
+        except TypeError:  # unhashable: not a symbol; raise its ValidationError
+            return validate_symbol(symbol)
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -122,7 +130,7 @@ class SymbolCache:
             market.precision.price if market else None
         """
         name, space = self._space(exchange)
-        member = validate_symbol(symbol)
+        member = self._symbol(symbol)
         loader = self.loader
         if loader is None:
             return await self._store.get(space, member, None)
@@ -268,6 +276,11 @@ class SymbolCache:
         space = self._space(exchange)[1]
         member = None if symbol is None else validate_symbol(symbol)
         return await self._store.invalidate(space, member)
+
+
+@lru_cache(maxsize=65_536)
+def _symbol(symbol: str) -> str:
+    return validate_symbol(symbol)
 
 
 @lru_cache(maxsize=1024)
