@@ -25,8 +25,9 @@ Lua scripts build the same bytes with ``scripts/lib/envelope.lua``
 
 from __future__ import annotations
 
+import builtins
 from datetime import UTC, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
@@ -55,7 +56,13 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
         """``time`` as an aware UTC datetime."""
         return datetime.fromtimestamp(self.time / 1000, tz=UTC)
 
-    def decode(self, type_: type[T] = Any) -> T:  # type: ignore[assignment]
+    @overload
+    def decode(self) -> Any: ...
+
+    @overload
+    def decode(self, type_: builtins.type[T]) -> T: ...
+
+    def decode(self, type_: Any = Any) -> Any:
         """Decode the payload, into ``type_`` when given (a model, ``dict`` ...).
 
         Raises ``ValidationError`` when the payload does not fit ``type_``.

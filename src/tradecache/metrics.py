@@ -161,7 +161,7 @@ def instrumented(
     def decorate(
         fn: Callable[Concatenate[S, P], Awaitable[T]],
     ) -> Callable[Concatenate[S, P], Awaitable[T]]:
-        async def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> T:
+        async def wrapper(self: S, /, *args: P.args, **kwargs: P.kwargs) -> T:
             started = time.perf_counter()
             try:
                 result = await fn(self, *args, **kwargs)
