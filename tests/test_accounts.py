@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from helpers.order_flow import ccxt_position, snapshot
+from helpers.order_flow import ccxt_position, run_writer_processes, snapshot
 from tradecache import Cache, ValidationError
 from tradecache.models import Balance, Position, PositionSide, from_ms
 
@@ -168,6 +168,19 @@ async def test_fifty_concurrent_writers_of_fifty_symbols_keep_all_fifty(
     assert sorted(p.symbol for p in positions) == sorted(symbols)
     assert {p.symbol: p.contracts for p in positions}["S7/USDT:USDT"] == Decimal(8)
     assert all(not p.symbol.startswith("B") for p in positions)
+
+
+@pytest.mark.slow
+async def test_fifty_set_position_calls_from_five_processes_keep_all_fifty(
+    cache: Cache,
+) -> None:
+    await cache.accounts.set_position("b", ccxt_position("OTHER/USDT:USDT"))
+    jobs = [["positions", "a", ",".join(str(i) for i in range(k, 50, 5))] for k in range(5)]
+    await run_writer_processes(cache, jobs)
+    positions = await cache.accounts.positions("a")
+    assert sorted(p.symbol for p in positions) == sorted(f"S{i}/USDT:USDT" for i in range(50))
+    assert all(p.contracts == int(p.symbol[1:].split("/")[0]) + 1 for p in positions)
+    assert [p.symbol for p in await cache.accounts.positions("b")] == ["OTHER/USDT:USDT"]
 
 
 async def test_set_positions_merges_or_replaces_atomically(cache: Cache) -> None:

@@ -8,7 +8,14 @@ from typing import Any
 
 import pytest
 
-from helpers.order_flow import ccxt_order, ccxt_trade, snapshot, with_settings
+from helpers.order_flow import (
+    TWENTY_CHANGES,
+    ccxt_order,
+    ccxt_trade,
+    run_writer_processes,
+    snapshot,
+    with_settings,
+)
 from tradecache import Cache, CommandError, ConnectionLost, KeyReuse, NotFound, ValidationError
 from tradecache.models import Fee, Order, OrderStatus, from_ms
 from tradecache.server import RedisServer
@@ -459,41 +466,32 @@ async def test_twenty_concurrent_updates_of_different_fields_all_land(
     # generous timeouts: this test is about atomicity, on a loaded CI machine
     writers = [await cache_factory(**PATIENT) for _ in range(4)]
     await writers[0].orders.save(ccxt_order("1"), exchange="binance")
-    changes: list[dict[str, Any]] = [
-        {"price": "101"},
-        {"average": "100.5"},
-        {"filled": "0.1"},
-        {"remaining": "0.15"},
-        {"cost": "10.05"},
-        {"stop_price": "90"},
-        {"trigger_price": "91"},
-        {"take_profit_price": "120"},
-        {"stop_loss_price": "80"},
-        {"reduce_only": True},
-        {"post_only": True},
-        {"time_in_force": "FOK"},
-        {"type": "stop_limit"},
-        {"last_trade_timestamp": 1_700_000_001_000},
-        {"fee": {"cost": "0.01", "currency": "BNB"}},
-        {"fees": [{"cost": "0.02", "currency": "USDT"}]},
-        {"trades": [{"symbol": "BTC/USDT", "price": "100", "amount": "0.1"}]},
-        {"client_order_id": "new-cid"},
-        {"symbol": "ETH/USDT"},
-        {"amount": "0.3"},
-    ]
-    assert len(changes) == 20
     await asyncio.gather(
         *(
             writers[i % len(writers)].orders.update("binance", "1", **change)
-            for i, change in enumerate(changes)
+            for i, change in enumerate(TWENTY_CHANGES)
         )
     )
-    order = await writers[0].orders.get("binance", "1")
+    await _assert_all_twenty(writers[0])
+
+
+async def _assert_all_twenty(cache: Cache) -> None:
+    order = await cache.orders.get("binance", "1")
     assert order is not None
     expected = Order.from_ccxt(ccxt_order("1"), exchange="binance")
-    for change in changes:
+    for change in TWENTY_CHANGES:
         expected = expected.replace(**change)
     assert order.replace(last_update_timestamp=None) == expected
+
+
+@pytest.mark.slow
+async def test_twenty_updates_from_four_processes_all_land(cache: Cache) -> None:
+    await cache.orders.save(ccxt_order("1"), exchange="binance")
+    jobs = [
+        ["updates", "binance", "1", ",".join(str(i) for i in range(k, 20, 4))] for k in range(4)
+    ]
+    await run_writer_processes(cache, jobs)
+    await _assert_all_twenty(cache)
 
 
 async def test_a_terminal_order_expires_on_its_own_never_its_neighbours(cache: Cache) -> None:

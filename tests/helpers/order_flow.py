@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from tradecache import Cache
 from tradecache.context import Context
+from tradecache.testing import wait_until
+
+FLOW_WORKER = Path(__file__).parent / "flow_worker.py"
 
 
 async def snapshot(cache: Cache) -> dict[bytes, bytes | None]:
@@ -104,3 +111,71 @@ def ccxt_position(symbol: str = "BTC/USDT:USDT", **fields: Any) -> dict[str, Any
     }
     data.update(fields)
     return data
+
+
+# Twenty changes to twenty different fields of one order (the concurrent-update tests).
+TWENTY_CHANGES: list[dict[str, Any]] = [
+    {"price": "101"},
+    {"average": "100.5"},
+    {"filled": "0.1"},
+    {"remaining": "0.15"},
+    {"cost": "10.05"},
+    {"stop_price": "90"},
+    {"trigger_price": "91"},
+    {"take_profit_price": "120"},
+    {"stop_loss_price": "80"},
+    {"reduce_only": True},
+    {"post_only": True},
+    {"time_in_force": "FOK"},
+    {"type": "stop_limit"},
+    {"last_trade_timestamp": 1_700_000_001_000},
+    {"fee": {"cost": "0.01", "currency": "BNB"}},
+    {"fees": [{"cost": "0.02", "currency": "USDT"}]},
+    {"trades": [{"symbol": "BTC/USDT", "price": "100", "amount": "0.1"}]},
+    {"client_order_id": "new-cid"},
+    {"symbol": "ETH/USDT"},
+    {"amount": "0.3"},
+]
+
+
+async def run_writer_processes(cache: Cache, jobs: list[list[str]]) -> None:
+    """Run one ``flow_worker.py`` process per job, released together; all must succeed.
+
+    Every process is killed and reaped before this returns, even on failure.
+    """
+    url, ns = cache.settings.url, cache.keys.namespace
+    procs: list[asyncio.subprocess.Process] = []
+    ready = cache.keys.key("test", "flow", "ready")
+    try:
+        for job in jobs:
+            procs.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(FLOW_WORKER),
+                    job[0],
+                    url,
+                    ns,
+                    *job[1:],
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            )
+
+        async def all_ready() -> bool:
+            for proc in procs:
+                if proc.returncode is not None:
+                    _, err = await proc.communicate()
+                    raise AssertionError(f"writer exited early: {err.decode()}")
+            return bool(await cache.client.scard(ready) == len(procs))
+
+        await wait_until(all_ready, timeout=120, message="writer processes never got ready")
+        await cache.client.set(cache.keys.key("test", "flow", "go"), 1)
+        for proc in procs:
+            _, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+            assert proc.returncode == 0, err.decode()
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
