@@ -63,7 +63,7 @@ async def until_probe_allowed(breaker: CircuitBreaker, fn=ok) -> None:
     await wait_until(attempt, timeout=10, interval=0.02)
 
 
-# --- closed -> open ---------------------------------------------------------------------------
+# --- closed -> open ------------------------------------------------------------------------------
 
 
 async def test_opens_after_the_threshold_and_fails_fast(cache):
@@ -165,7 +165,7 @@ async def test_guarded_calls_run_concurrently(cache):
     assert inside == 10
 
 
-# --- half-open ---------------------------------------------------------------------------------
+# --- half-open -----------------------------------------------------------------------------------
 
 
 async def test_probe_success_closes(cache):
@@ -222,8 +222,7 @@ async def test_at_most_half_open_probes_at_once(cache):
         try:
             await breaker.call(held)
         except CircuitOpen as exc:
-            assert exc.retry_after is not None and exc.retry_after > 0
-            return "rejected"
+            return "rejected" if exc.retry_after > 0 else "no retry_after"
         return "ran"
 
     await wait_until(lambda: breaker.seq >= 0)
@@ -286,7 +285,7 @@ async def test_a_cancelled_probe_hands_its_permit_back(cache):
     assert breaker.state is CLOSED
 
 
-# --- failure-rate policy ---------------------------------------------------------------------------
+# --- failure-rate policy -------------------------------------------------------------------------
 
 
 async def test_failure_rate_needs_minimum_calls_and_the_rate(cache):
@@ -331,7 +330,7 @@ async def test_batched_successes_flush_on_their_own(cache):
     assert sum(int(v) for k, v in window.items() if k.startswith(b"n")) == 20
 
 
-# --- push and listeners ----------------------------------------------------------------------------
+# --- push and listeners --------------------------------------------------------------------------
 
 
 async def test_every_process_learns_transitions_by_push(cache, cache_factory):
@@ -451,7 +450,7 @@ async def test_a_recreated_breaker_starts_a_new_sequence(cache, caplog):
     assert (breaker.state, breaker.seq) == (CLOSED, 0)
 
 
-# --- administration, registry, validation ----------------------------------------------------------
+# --- administration, registry, validation --------------------------------------------------------
 
 
 async def test_reset_and_trip(cache):
@@ -511,7 +510,7 @@ def test_config_defaults():
     assert not BreakerConfig(failure_rate=0.3, minimum_calls=10).trips(2, 10)
 
 
-# --- Redis unreachable: the local fallback ---------------------------------------------------------
+# --- Redis unreachable: the local fallback -------------------------------------------------------
 
 
 async def test_local_fallback_keeps_tripping_while_redis_is_down(redis_server_factory, caplog):
@@ -593,3 +592,280 @@ async def test_explicit_calls_raise_when_redis_is_down(redis_server_factory):
             await breaker.reset()
         assert await breaker.call(ok) == 1  # a guarded call falls back instead
         assert breaker.fallback
+
+
+async def test_concurrent_calls_failing_into_the_outage(redis_server_factory):
+    from tradecache import Cache
+
+    server = redis_server_factory(port=0)
+    async with Cache.connect(server.url, namespace="fb") as cache:
+        breaker = cache.breaker("b", failure_threshold=3, redis_backoff=5)
+        await breaker.sync()
+        first, later = asyncio.Event(), asyncio.Event()
+
+        async def fail_after(gate: asyncio.Event) -> None:
+            await gate.wait()
+            raise Boom
+
+        async def succeed_after(gate: asyncio.Event) -> int:
+            await gate.wait()
+            return 1
+
+        # Every call holds a closed permit from the pushed view before Redis goes away.
+        both = [asyncio.create_task(breaker.call(fail_after, first)) for _ in range(2)]
+        slow_ok = asyncio.create_task(breaker.call(succeed_after, later))
+        slow_fails = [asyncio.create_task(breaker.call(fail_after, later)) for _ in range(2)]
+        await wait_until(lambda: breaker.redis_calls > 0 and len(asyncio.all_tasks()) > 4)
+        server.stop()
+        first.set()  # two failures race into the outage: both fall back
+        results = await asyncio.gather(*both, return_exceptions=True)
+        assert all(isinstance(r, Boom) for r in results)
+        assert breaker.fallback and breaker.state is CLOSED  # 2 of 3 failures so far
+        later.set()  # outcomes of permits granted before the outage now count locally
+        assert await slow_ok == 1
+        for task in slow_fails:
+            with pytest.raises(Boom):
+                await task
+        assert breaker.state is OPEN
+
+
+async def test_a_cancelled_closed_call_counts_as_nothing(cache):
+    breaker = cache.breaker("b", failure_threshold=1)
+    await breaker.sync()
+    entered = asyncio.Event()
+
+    async def hang() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(breaker.call(hang))
+    await entered.wait()
+    before = breaker.redis_calls
+    task.cancel()
+    await asyncio.wait([task])
+    assert task.cancelled()
+    assert (breaker.state, breaker.redis_calls) == (CLOSED, before)
+
+
+async def test_a_corrupt_log_entry_does_not_break_subscribing(cache, cache_factory):
+    breaker = cache.breaker("b", failure_threshold=1)
+    await failures(breaker, 1)
+    await cache.client.rpush(cache.keys.breaker_log("b"), b"garbage")
+    other = await cache_factory()
+    assert await other.breaker("b", failure_threshold=1).sync() is OPEN
+
+
+async def test_local_fallback_probe_rules(redis_server_factory):
+    from tradecache import Cache
+
+    server = redis_server_factory(port=0)
+    async with Cache.connect(server.url, namespace="fb") as cache:
+        breaker = cache.breaker(
+            "b", failure_threshold=1, reset_timeout=0.2, success_threshold=2, redis_backoff=60
+        )
+        await breaker.sync()
+        server.stop()
+        await failures(breaker, 1)
+        assert (breaker.fallback, breaker.state) == (True, OPEN)
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def held() -> int:
+            entered.set()
+            await gate.wait()
+            return 1
+
+        first = asyncio.create_task(until_probe_allowed(breaker, held))
+        await entered.wait()
+        assert breaker.state is HALF_OPEN
+        with pytest.raises(CircuitOpen) as info:
+            await breaker.call(ok)  # the one local probe is out
+        assert info.value.retry_after == 0.2
+        gate.set()
+        await first
+        assert breaker.state is HALF_OPEN  # 1 of 2 successes
+        # A cancelled local probe counts as nothing and frees its slot.
+        gate.clear()
+        entered.clear()
+        task = asyncio.create_task(breaker.call(held))
+        await entered.wait()
+        task.cancel()
+        await asyncio.wait([task])
+        assert task.cancelled()
+        assert breaker.state is HALF_OPEN
+        await breaker.call(ok)
+        assert breaker.state is CLOSED
+        # A cancelled closed call counts as nothing either.
+        gate.clear()
+        entered.clear()
+        task = asyncio.create_task(breaker.call(held))
+        await entered.wait()
+        task.cancel()
+        await asyncio.wait([task])
+        assert breaker.state is CLOSED
+        await failures(breaker, 1)
+        assert breaker.state is OPEN
+
+
+async def test_outage_during_a_probe_and_a_flush(redis_server_factory):
+    from tradecache import Cache
+
+    server = redis_server_factory(port=0)
+    async with Cache.connect(server.url, namespace="fb") as cache:
+        breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, redis_backoff=60)
+        await failures(breaker, 1)
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def probe_fails() -> None:
+            entered.set()
+            await gate.wait()
+            raise Boom
+
+        task = asyncio.create_task(until_probe_allowed(breaker, probe_fails))
+        await entered.wait()
+        assert breaker.state is HALF_OPEN
+        server.stop()
+        gate.set()
+        await task  # its outcome could not reach Redis: the local breaker takes it
+        assert (breaker.fallback, breaker.state) == (True, OPEN)
+
+    server = redis_server_factory(port=0)
+    async with Cache.connect(server.url, namespace="fb") as cache:
+        breaker = cache.breaker("r", failure_rate=0.5, minimum_calls=100, redis_backoff=60)
+        await breaker.call(ok)
+        server.stop()
+        await breaker.flush()
+        assert breaker.fallback
+        await breaker.call(ok)  # successes in fallback stay local
+        await breaker.flush()  # nothing to send while Redis is down
+        assert breaker._pending == 0
+
+
+async def test_recovery_is_not_started_twice(redis_server_factory):
+    from tradecache import Cache
+
+    server = redis_server_factory(port=0)
+    async with Cache.connect(server.url, namespace="fb", socket_timeout=0.3) as cache:
+        breaker = cache.breaker("b", redis_backoff=0.05)
+        await breaker.sync()
+        server.pause()
+        try:
+            await failures(breaker, 1)  # times out against the paused server
+            assert breaker.fallback
+            started = time.monotonic()
+            await wait_until(lambda: time.monotonic() - started > 0.06)
+            await breaker.call(ok)  # starts the background re-check (it hangs)
+            assert breaker._recovering
+            breaker._retry_redis_at = 0.0
+            await breaker.call(ok)  # a re-check is running: no second one
+            assert len([t for t in breaker._tasks if not t.done()]) >= 1
+        finally:
+            server.resume()
+        await wait_until(lambda: not breaker.fallback, timeout=10)
+
+
+async def test_a_stale_view_is_corrected_by_the_server(cache):
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2)
+    await breaker.sync()
+    await breaker.trip()
+    await wait_until(lambda: breaker._deadline <= time.monotonic())
+    state_key = cache.keys.breaker("b")
+    # Behind the push's back: Redis says closed, this process still thinks open.
+    await cache.client.hset(state_key, mapping={"state": "closed", "until": 0})
+    assert breaker.state is OPEN
+    assert await breaker.call(ok) == 1  # the acquire script answers "closed: go"
+    assert breaker.state is CLOSED
+    # ... and open for a long time while this process thinks the period is over.
+    await breaker.trip()
+    await wait_until(lambda: breaker._deadline <= time.monotonic())
+    far = (await cache.client.time())[0] * 1000 + 60_000
+    await cache.client.hset(state_key, "until", far)
+    with pytest.raises(CircuitOpen) as info:
+        await breaker.call(ok)
+    assert 50 < info.value.retry_after <= 60
+
+
+async def test_an_older_reply_does_not_roll_the_view_back(cache):
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=60)
+    await breaker.sync()
+    epoch = (await cache.client.hget(cache.keys.breaker("b"), "epoch")).decode()
+    await failures(breaker, 1)
+    breaker._apply_reply([0, b"closed", 0, 0, epoch.encode(), b""])
+    assert (breaker.state, breaker.seq) == (OPEN, 1)
+
+
+async def test_a_new_epoch_learned_by_push(cache, cache_factory):
+    other = await cache_factory()
+    mine = cache.breaker("b", failure_threshold=1, reset_timeout=60)
+    theirs = other.breaker("b", failure_threshold=1, reset_timeout=60)
+    seen = recorder(mine)
+    await mine.sync()
+    await theirs.sync()
+    await failures(theirs, 1)
+    await wait_until(lambda: mine.seq == 1)
+    for key in mine._keys:
+        await cache.client.delete(key)
+    await theirs.trip()  # recreates the breaker (new epoch) and opens it: seq 1 again
+    await wait_until(lambda: len(seen) == 2)
+    assert mine.state is OPEN and mine.seq == 1
+    assert seen[1].reason == "forced"
+
+
+async def test_excluding_predicates_that_do_not_match(cache):
+    breaker = cache.breaker("b", failure_threshold=1, exclude=(lambda exc: False,))
+    await failures(breaker, 1)
+    assert breaker.state is OPEN
+
+
+async def test_close_stops_push_and_is_idempotent(cache):
+    breaker = cache.breaker("b", failure_threshold=1)
+    hanging = asyncio.Event()
+
+    async def slow_listener(t: Transition) -> None:
+        hanging.set()
+        await asyncio.Event().wait()
+
+    breaker.on_change(slow_listener)
+    await breaker.sync()
+    await failures(breaker, 1)
+    await hanging.wait()
+    sub = breaker._sub
+    await breaker.close()  # cancels the listener task too
+    await breaker.close()
+    assert breaker._sub is None and sub is not None and not sub.connected
+    assert await breaker.sync() is OPEN  # usable again: subscribes anew
+    await cache.close()  # closes every breaker of the cache
+
+
+async def test_failing_async_listener_is_logged(cache, caplog):
+    breaker = cache.breaker("b", failure_threshold=1)
+
+    async def broken(t: Transition) -> None:
+        raise RuntimeError("async listener bug")
+
+    breaker.on_change(broken)
+    await breaker.sync()
+    with caplog.at_level(logging.ERROR, logger="tradecache.breaker"):
+        await failures(breaker, 1)
+        await wait_until(lambda: "background task failed" in caplog.text)
+
+
+async def test_the_client_clock_does_not_matter(cache, monkeypatch):
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)  # a client an hour ahead
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=30)
+    await failures(breaker, 1)
+    with pytest.raises(CircuitOpen) as info:
+        await breaker.call(ok)
+    assert 29 < info.value.retry_after <= 30
+
+
+def test_local_window_slides():
+    from tradecache.coordination.breaker import _Window
+
+    window = _Window(1.0)
+    window.add(1, 1, 100.0)
+    window.add(1, 2, 100.01)
+    assert window.totals(100.5) == (2, 3)
+    assert window.totals(101.1) == (0, 0)

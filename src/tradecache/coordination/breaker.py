@@ -457,6 +457,7 @@ class CircuitBreaker:
         self._synced = False
         # Push: a reliable subscription (ordered, deduplicated, gaps backfilled from the log).
         self._sub: Subscription | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         # The local fallback.
         self._local = _LocalBreaker(self)
@@ -746,15 +747,18 @@ class CircuitBreaker:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        sub, self._sub = self._sub, None
+        listener, self._listener = self._listener, None
+        self._synced = False
+        if sub is not None:
+            await sub.close()
+        if listener is not None:
+            await listener  # it ends with the subscription
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(BaseException):
                 await task
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            await sub.close()
-        self._synced = False
 
     # --- Redis -------------------------------------------------------------------------------
 
@@ -826,17 +830,19 @@ class CircuitBreaker:
         )
         await sub.start()
         self._sub = sub
-        self._spawn(self._listen(sub))
+        self._listener = asyncio.create_task(self._listen(sub), name=f"breaker {self.name}")
+        self._listener.add_done_callback(self._task_done)
 
     async def _positions(self, topics: Sequence[str]) -> dict[str, tuple[int, int]]:
         # The newest logged transition: where this process's listeners start.
         self.redis_calls += 1
         with _translate():
             newest = await self._client.lindex(self._keys[3], -1)
-        if newest is None:
-            return {}
-        envelope = decode_envelope(newest)
-        return {self.name: (envelope.seq, envelope.time)}
+        try:
+            envelope = decode_envelope(newest) if newest is not None else None
+        except ValidationError:
+            envelope = None  # a corrupt log entry: start from the next transition
+        return {} if envelope is None else {self.name: (envelope.seq, envelope.time)}
 
     async def _backfill(self, topic: str, first: int, last: int | None) -> list[bytes]:
         self.redis_calls += 1
