@@ -67,7 +67,7 @@ def server(
     try:
         binary = find_redis_server()
     except RedisServerError as exc:
-        err.print(f"[red]tradecache server:[/] {exc}")
+        err.print(f"[red]tradecache server:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     instance: RedisServer | RedisClusterServer
     if cluster:

