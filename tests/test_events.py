@@ -17,9 +17,9 @@ from decimal import Decimal
 import msgspec
 import pytest
 
+from helpers.pubsub import kill_subscribers, publish_silently, subscribers
 from tradecache.connection import create_client
 from tradecache.coordination.events import (
-    _PUBLISH,
     Event,
     EventBus,
     Gap,
@@ -28,7 +28,7 @@ from tradecache.coordination.events import (
     default_source,
     encode_payload,
 )
-from tradecache.coordination.subscription import _Buffer, publish_command, use_sharded
+from tradecache.coordination.subscription import _Buffer, use_sharded
 from tradecache.envelope import decode_envelope, encode_envelope
 from tradecache.errors import (
     CommandError,
@@ -46,27 +46,6 @@ async def cache(cache_factory, redis_namespace):
     return await cache_factory(client_name=redis_namespace)
 
 
-async def subscribers(cache) -> list[tuple[object, dict]]:
-    """``(node, CLIENT LIST entry)`` of this test's pub/sub connections."""
-    nodes = cache.client.get_primaries() if cache.is_cluster else [None]
-    found = []
-    for node in nodes:
-        kwargs = {"target_nodes": node} if node is not None else {}
-        for client in await cache.client.client_list(_type="pubsub", **kwargs):
-            if client["name"] == cache.settings.client_name:
-                found.append((node, client))
-    return found
-
-
-async def kill_subscribers(cache) -> None:
-    """``CLIENT KILL TYPE pubsub``; on the shared Cluster only this test's connections."""
-    if not cache.is_cluster:
-        await cache.client.execute_command("CLIENT KILL TYPE pubsub")
-        return
-    for node, client in await subscribers(cache):
-        await cache.client.client_kill_filter(_id=client["id"], target_nodes=node)
-
-
 async def next_millisecond(cache) -> None:
     """Wait until the server clock moved past the current millisecond."""
 
@@ -80,23 +59,6 @@ async def next_millisecond(cache) -> None:
         return await now_ms() > start
 
     await wait_until(later, timeout=5)
-
-
-async def publish_silently(cache, topic: str, count: int = 1) -> int:
-    """Publish like the bus (sequence number, backlog) to no subscriber: lost in transit."""
-    seq = 0
-    for _ in range(count):
-        args = [
-            cache.keys.channel("nowhere", topic),
-            "event",
-            topic,
-            "test",
-            b"null",
-            cache.settings.event_backlog,
-            publish_command(cache.context),
-        ]
-        seq = await _PUBLISH(cache.client, keys=[cache.keys.events(topic)], args=args)
-    return seq
 
 
 async def raw_publish(cache, channel: str, data: bytes) -> None:
