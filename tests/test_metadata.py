@@ -546,6 +546,24 @@ async def test_exchanges_read_through(cache_factory):
     assert "ExchangeCache(namespace=" in repr(cache.exchanges)
 
 
+async def test_exchange_fill_lock_and_entry_follow_the_key_schema(cache):
+    gate = asyncio.Event()
+
+    async def loader(exchange_id: str) -> Exchange:
+        await gate.wait()
+        return Exchange(id=exchange_id)
+
+    cache.exchanges.loader = loader
+    reader = asyncio.create_task(cache.exchanges.get("okx"))
+    lock, entry = cache.keys.exchange_meta_lock("okx"), cache.keys.exchange_meta("okx")
+    await wait_until(lambda: cache.client.exists(lock))
+    assert 0 < await cache.client.pttl(lock) <= cache.settings.metadata_load_timeout * 1000
+    gate.set()
+    assert await reader == Exchange(id="okx")
+    assert not await cache.client.exists(lock)
+    assert await cache.client.pttl(entry) > (cache.settings.metadata_ttl - 60) * 1000
+
+
 async def test_exchange_loader_must_return_the_asked_exchange(cache):
     async def loader(exchange_id: str) -> Exchange:
         return Exchange(id="kraken")
