@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from helpers.pubsub import kill_subscribers, publish_silently, subscribers
+from tradecache import Cache
 from tradecache.connection import create_client
 from tradecache.coordination.events import (
     Event,
@@ -655,3 +656,26 @@ def test_payload_of_an_event_decodes_once():
 def test_gap_count():
     assert Gap("t", 3, 5).count == 3
     assert Gap("t", 3, None, "reset").count is None
+
+
+# --- server restart (a private server) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("appendonly", [True, False])
+async def test_server_restart(redis_server_factory, redis_namespace, appendonly):
+    server = redis_server_factory(port=0, appendonly=appendonly)
+    async with Cache.connect(server.url, namespace=redis_namespace) as cache:
+        bus = cache.events
+        async with bus.subscribe("rs") as sub:
+            for n in range(3):
+                await bus.publish("rs", n)
+            assert spans(await drain(sub, 3)) == [("rs", 1), ("rs", 2), ("rs", 3)]
+            await asyncio.to_thread(server.restart)
+            await wait_until(lambda: sub.reconnects >= 1, timeout=20)
+            seq = await bus.publish("rs", "after")
+            if appendonly:  # the backlog survived: the sequence goes on
+                assert seq == 4
+                assert spans(await drain(sub, 1)) == [("rs", 4)]
+            else:  # data lost: the subscriber reports the restarted sequence
+                assert seq == 1
+                assert spans(await drain(sub, 2)) == [("rs", 4, None, "reset"), ("rs", 1)]

@@ -67,7 +67,10 @@ _PUBLISH: Final = Script("events_publish", include=("envelope",))
 
 
 def default_source() -> str:
-    """``host:pid`` of this process: the default ``source`` of what it publishes."""
+    """``host:pid`` of this process: the default ``source`` of what it publishes.
+
+    Example: ``default_source()  # 'worker-3:4711'``
+    """
     return f"{socket.gethostname()}:{os.getpid()}"
 
 

@@ -237,7 +237,10 @@ class StateWatch:
         )
 
     async def start(self) -> StateWatch:
-        """Subscribe; return once the server acknowledged it."""
+        """Subscribe; return once the server acknowledged it (``await watch`` does this).
+
+        Example: ``values = await state.watch().start()``
+        """
         await self.subscription.start()
         if self._current:
             self._current = False
@@ -278,5 +281,8 @@ class StateWatch:
         raise StopAsyncIteration
 
     async def close(self) -> None:
-        """Stop watching. Safe to call twice."""
+        """Stop watching. Safe to call twice.
+
+        Example: ``await values.close()`` (or leave ``async with state.watch() as values:``)
+        """
         await self.subscription.close()

@@ -588,6 +588,8 @@ class Subscription:
         """Unsubscribe and close the connections. Safe to call twice.
 
         Items still queued are discarded; an iterating consumer stops.
+
+        Example: ``await sub.close()`` (or leave ``async with sub:``)
         """
         if self._closed:
             return
