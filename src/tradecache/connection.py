@@ -13,7 +13,7 @@ One function, :func:`create_client`, understands every deployment::
 
 Standalone clients use a ``BlockingConnectionPool`` (a burst of concurrent
 calls waits for a connection instead of failing). The retry policy is explicit
-and small: by default one retry after 10 ms, with a 0.25 s connect timeout and
+and small: by default one retry after 10 ms, with a 0.5 s connect timeout and
 a 1 s read timeout, so a dead server costs well under a second per call and
 surfaces as :class:`~tradecache.errors.ConnectionLost`, never as a hang.
 """
@@ -153,7 +153,9 @@ def _cluster_client(url: str, settings: Settings) -> RedisCluster:
         kwargs.update(_ssl_kwargs(settings))
     # The same small Retry bounds the cluster client's own retries of
     # MOVED/ASK/CLUSTERDOWN, so a dead cluster fails inside the latency budget.
-    return RedisCluster.from_url(url, max_connections=settings.pool_size, **kwargs)
+    # redis-py's cluster pool raises MaxConnectionsError instead of waiting
+    # for a free connection, so it gets its own, larger per-node cap.
+    return RedisCluster.from_url(url, max_connections=settings.cluster_pool_size, **kwargs)
 
 
 def _sentinel_client(url: str, settings: Settings) -> Redis:
