@@ -115,6 +115,8 @@ class Codec:
 
         Example::
 
+            >>> from decimal import Decimal
+            >>> from tradecache.models import Fee
             >>> get_codec("json").encode(Fee(cost=Decimal("0.1")))
             b'{"cost":"0.1"}'
         """
