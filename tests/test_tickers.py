@@ -722,3 +722,13 @@ async def test_a_caller_cancelled_while_subscribing_does_not_stop_the_others(cac
     await subscribed(cache, "binance", 1)
     await cache.tickers.set(ccxt_ticker(last=8.0), exchange="binance")
     assert (await second).last == 8.0
+
+
+async def test_closing_the_cache_ends_its_watchers(cache_factory):
+    cache = await cache_factory()
+    watcher = Watcher(cache, "binance")
+    await subscribed(cache, "binance", 1)
+    await cache.close()
+    await watcher.task
+    assert isinstance(watcher.error, TradecacheError)
+    assert cache.tickers.subscribers("binance") == 0
