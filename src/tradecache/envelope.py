@@ -31,6 +31,7 @@ from typing import Any, Final, TypeVar, overload
 
 import msgspec
 
+from .codec import get_codec
 from .errors import ValidationError
 
 __all__ = ["VERSION", "Envelope", "decode_envelope", "encode_envelope"]
@@ -65,12 +66,11 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     def decode(self, type_: Any = Any) -> Any:
         """Decode the payload, into ``type_`` when given (a model, ``dict`` ...).
 
-        Raises ``ValidationError`` when the payload does not fit ``type_``.
+        Raises :class:`~tradecache.codec.CodecError` (a ``ValidationError``)
+        when the payload does not fit ``type_``.
         """
-        try:
-            return msgspec.json.decode(self.payload, type=type_)
-        except msgspec.ValidationError as exc:
-            raise ValidationError("payload", str(exc)) from None
+        # The JSON codec knows the models' wire forms (epoch-ms datetimes, Decimal strings).
+        return get_codec("json").decode(self.payload, type_)
 
 
 _DECODER: Final = msgspec.json.Decoder(Envelope)
