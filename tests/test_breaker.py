@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import pytest
 
 from tradecache import CircuitOpen, ConnectionLost, ValidationError
 from tradecache.coordination.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
-from tradecache.envelope import encode_envelope
+from tradecache.envelope import decode_envelope, encode_envelope
 from tradecache.testing import wait_until
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
@@ -869,3 +870,85 @@ def test_local_window_slides():
     window.add(1, 2, 100.01)
     assert window.totals(100.5) == (2, 3)
     assert window.totals(101.1) == (0, 0)
+
+
+# --- acceptance: real processes ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_sixteen_processes_share_one_breaker(cache):
+    import multiprocessing
+
+    from helpers.coordination_workers import CTX, breaker_worker, processes, receive
+
+    name, n = "exchange", 16
+    options = {"failure_threshold": 5, "window": 60, "reset_timeout": 1.0}
+    go, stop, report = CTX.Event(), CTX.Event(), CTX.Event()
+    results: multiprocessing.Queue[Any] = CTX.Queue()
+    args = (cache.settings.url, cache.settings.namespace, name, options, go, stop, report, results)
+    state_key = cache.keys.breaker(name)
+    with processes(breaker_worker, [args] * n) as procs:
+        assert len(await receive(results, n, 60, procs)) == n  # all subscribed
+        go.set()
+
+        async def cycles_done() -> bool:
+            seq = await cache.client.hget(state_key, "seq")
+            return seq is not None and int(seq) >= 5  # open, half-open, open, half-open, open
+
+        await wait_until(cycles_done, timeout=60, interval=0.05)
+        stop.set()
+        await receive(results, n, 60, procs)
+        report.set()
+        reports = await receive(results, n, 60, procs)
+
+    log = [
+        decode_envelope(raw)
+        for raw in await cache.client.lrange(cache.keys.breaker_log(name), 0, -1)
+    ]
+    final_seq = log[-1].seq
+    assert [e.seq for e in log] == list(range(1, final_seq + 1))
+    opened = log[0].decode()
+    # It opened on the 5th recorded failure, not later: counts are atomic across processes.
+    assert (opened["state"], opened["reason"], opened["failures"]) == (
+        "open",
+        "failure_threshold",
+        5,
+    )
+    hits = [
+        int(seq)
+        for seq in await cache.client.lrange(cache.keys.key("breaker", name, "hits"), 0, -1)
+    ]
+    assert hits.count(0) >= 5  # the failures that opened it (plus calls already in flight)
+    for half_open in (e.seq for e in log if e.decode()["state"] == "half_open"):
+        # After reset_timeout exactly one trial call reached the downstream, across 16 processes.
+        assert hits.count(half_open) == 1, (half_open, hits)
+    expected = [
+        (e.seq, e.decode()["previous"], e.decode()["state"], e.decode()["reason"], False)
+        for e in log
+    ]
+    for _, pid, seen, state, rejected in reports:
+        # Every process saw OPEN, and its listeners fired once per transition, in order.
+        assert [tuple(t) for t in seen] == expected, pid
+        assert state == log[-1].decode()["state"]
+        assert rejected > 0  # it failed fast while open
+
+
+@pytest.mark.slow
+async def test_sixteen_processes_keep_tripping_with_redis_stopped(redis_server_factory):
+    import multiprocessing
+
+    from helpers.coordination_workers import CTX, fallback_worker, processes, receive
+
+    server = redis_server_factory(port=0)
+    n, threshold = 16, 4
+    options = {"failure_threshold": threshold, "reset_timeout": 30, "redis_backoff": 5}
+    go = CTX.Event()
+    results: multiprocessing.Queue[Any] = CTX.Queue()
+    with processes(fallback_worker, [(server.url, "b", options, go, results)] * n) as procs:
+        await receive(results, n, 60, procs)
+        server.stop()
+        go.set()
+        done = await receive(results, n, 60, procs)
+    for _, pid, hits, outcome, fallback, slowest in done:
+        assert (hits, outcome, fallback) == (threshold, "open", True), pid
+        assert slowest < 1.0, pid  # the added latency of finding Redis gone is bounded

@@ -650,3 +650,75 @@ def test_canonical_hash_sees_a_changed_value(payload, data):
     changed = dict(payload)
     changed[key] = [payload[key]]  # wrapped: never equal to the original value
     assert canonical_hash(changed) != canonical_hash(payload)
+
+
+# --- acceptance: real processes --------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_thirty_two_processes_submit_the_same_order_once(cache):
+    import multiprocessing
+
+    from helpers.coordination_workers import CTX, processes, receive, submit_worker
+
+    n = 32
+    counter = cache.keys.key("test", "side-effects")
+    go = CTX.Event()
+    results: multiprocessing.Queue[Any] = CTX.Queue()
+    url, namespace = cache.settings.url, cache.settings.namespace
+    argsets = [(url, namespace, counter, index, go, results) for index in range(n)]
+    with processes(submit_worker, argsets) as procs:
+        await receive(results, n, 60, procs)
+        go.set()  # all at once
+        outcomes = await receive(results, n, 60, procs)
+    assert int(await cache.client.get(counter)) == 1  # the exchange saw one order
+    ran = [o for o in outcomes if o[0] == "ran"]
+    assert len(ran) == 1
+    winner = ran[0][2]
+    for kind, _, result in outcomes:
+        assert kind in ("ran", "replayed", "in_progress")
+        if kind == "replayed":
+            assert result == winner  # the stored result, not a second call
+    waited = [o for o in outcomes if o[0] == "replayed"]
+    assert len(waited) >= n // 2 - 1  # every process that waited got the result
+
+
+@pytest.mark.slow
+async def test_a_killed_executor_is_taken_over_once_after_its_lease(cache):
+    import multiprocessing
+    import os
+    import signal
+
+    from helpers.coordination_workers import (
+        CTX,
+        executor_worker,
+        order_content,
+        processes,
+        receive,
+        retry_worker,
+    )
+
+    lease = 1.0
+    first, second = cache.keys.key("test", "first"), cache.keys.key("test", "second")
+    url, namespace = cache.settings.url, cache.settings.namespace
+    # The executor gets a queue of its own: a process killed while its queue's feeder thread
+    # holds the shared write lock would leave that lock taken for every other writer.
+    doomed: multiprocessing.Queue[Any] = CTX.Queue()
+    results: multiprocessing.Queue[Any] = CTX.Queue()
+    with processes(executor_worker, [(url, namespace, first, lease, doomed)]) as [executor]:
+        [(_, pid, in_call_at)] = await receive(doomed, 1, 60, [executor])
+        os.kill(pid, signal.SIGKILL)  # mid-call: the order may or may not have gone out
+        await asyncio.get_running_loop().run_in_executor(None, executor.join, 10)
+    idem = cache.idempotency("orders", in_flight_ttl=lease)
+    record = await idem.lookup(order_content(0))
+    assert record is not None and record.status == "in_flight"
+    argsets = [(url, namespace, second, lease, index, results) for index in range(1, 9)]
+    with processes(retry_worker, argsets) as procs:
+        outcomes = await receive(results, 8, 60, procs)
+    assert int(await cache.client.get(first)) == 1
+    assert int(await cache.client.get(second)) == 1  # taken over by exactly one process
+    assert {o[2] for o in outcomes} == {"placed-by-retry"}
+    [started] = [o[3] for o in outcomes if o[3] is not None]
+    assert started - in_call_at >= lease - 0.1  # not before the dead owner's lease ran out
+    record = await idem.lookup(order_content(0))
+    assert record is not None and (record.status, record.attempt) == ("completed", 2)
