@@ -6,6 +6,7 @@ they work in its ``strict`` and ``auto`` modes alike.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,19 +43,22 @@ async def cache_factory(
     """
     made: list[Cache] = []
 
-    async def make(**kwargs: Any) -> Cache:
-        kwargs.setdefault("namespace", redis_namespace)
-        cache = await Cache.connect(_tradecache_backend.endpoint.url, **kwargs)
-        made.append(cache)
-        return cache
-
-    try:
-        yield make
-    finally:
-        for cache in made:
-            await cache.close()
+    def clean() -> None:
         for prefix in sorted({cache.keys.prefix for cache in made}):
             _tradecache_backend.clean_prefix(prefix)
+
+    async with contextlib.AsyncExitStack() as stack:
+        # Runs last, and even when closing a cache fails: no test leaves keys behind.
+        stack.callback(clean)
+
+        async def make(**kwargs: Any) -> Cache:
+            kwargs.setdefault("namespace", redis_namespace)
+            cache = await Cache.connect(_tradecache_backend.endpoint.url, **kwargs)
+            made.append(cache)
+            stack.push_async_callback(cache.close)
+            return cache
+
+        yield make
 
 
 @pytest_asyncio.fixture
