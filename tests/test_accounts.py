@@ -147,6 +147,17 @@ async def test_positions_are_scoped_to_their_account(cache: Cache) -> None:
     }
 
 
+async def test_the_account_index_heals_after_data_loss(cache: Cache) -> None:
+    await cache.accounts.set_position("a", ccxt_position("BTC/USDT:USDT"))
+    await cache.accounts.set_position("a", ccxt_position("BTC/USDT:USDT", contracts=2))
+    assert list(await cache.accounts.all_positions()) == ["a"]
+    # the server lost everything (a restart without persistence); this process did not
+    await cache.client.delete(cache.keys.positions("a"), cache.keys.position_accounts())
+    await cache.accounts.set_position("a", ccxt_position("ETH/USDT:USDT"))
+    everything = await cache.accounts.all_positions()
+    assert [p.symbol for p in everything["a"]] == ["ETH/USDT:USDT"]
+
+
 async def test_all_positions_without_any_account(cache: Cache) -> None:
     assert await cache.accounts.all_positions() == {}
 

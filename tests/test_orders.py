@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from redis.asyncio.cluster import ClusterNode
 
 from helpers.order_flow import (
     TWENTY_CHANGES,
@@ -164,6 +166,15 @@ async def test_each_group_gets_every_order_and_consumers_share_a_group(cache: Ca
     assert [d async for d in cache.orders.consume("a", "c2", block=0)] == []
 
 
+async def test_a_second_store_joins_an_existing_group(cache: Cache) -> None:
+    await cache.orders.submit(ccxt_order("1"), exchange="binance")
+    await cache.orders.submit(ccxt_order("2"), exchange="binance")
+    first = await anext(aiter(cache.orders.consume("g", "c1", count=1, block=0)))
+    other = OrdersCache(cache.context)  # another process, in effect: the group exists
+    assert [d.item.id async for d in other.consume("g", "c2", block=0)] == ["2"]
+    assert first.item.id == "1"
+
+
 async def test_restarted_consumer_gets_its_unacknowledged_orders_first(cache: Cache) -> None:
     for i in range(3):
         await cache.orders.submit(ccxt_order(str(i)), exchange="binance")
@@ -235,6 +246,27 @@ async def test_blocking_longer_than_the_socket_timeout_is_sliced(cache: Cache) -
     # one XREADGROUP BLOCK 2500 would trip the 1 s read timeout: ConnectionLost
     assert [d async for d in cache.orders.consume("executors", "e1", block=2.5)] == []
     assert loop.time() - started >= 2.5
+
+
+@pytest.mark.parametrize("redis_backend", [pytest.param("cluster", marks=pytest.mark.cluster)])
+async def test_cluster_reads_follow_moved_slots(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reads are routed by slot directly; a stale route (MOVED) falls back to redis-py's."""
+    assert cache.is_cluster
+    await cache.orders.submit(ccxt_order("1"), exchange="binance")
+    owner = cache.client.get_node_from_key(cache.keys.order_queue())
+    wrong = next(node for node in cache.client.get_primaries() if node != owner)
+    monkeypatch.setattr(cache.client, "get_node_from_key", lambda key, replica=False: wrong)
+    assert [d.item.id async for d in cache.orders.consume("g", "c", block=0)] == ["1"]
+    # a node that is gone (failover): the read goes through redis-py's own routing
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = ClusterNode("127.0.0.1", probe.getsockname()[1], socket_connect_timeout=0.2)
+    monkeypatch.setattr(cache.client, "get_node_from_key", lambda key, replica=False: dead)
+    await cache.orders.submit(ccxt_order("2"), exchange="binance")
+    assert [d.item.id async for d in cache.orders.consume("g", "c", block=0)] == ["1", "2"]
+    await dead.disconnect()
 
 
 async def test_consume_and_reclaim_validate_their_arguments(cache: Cache) -> None:

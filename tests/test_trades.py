@@ -129,6 +129,24 @@ async def test_exchange_is_required_and_validated(cache: Cache) -> None:
     assert await snapshot(cache) == before
 
 
+async def test_models_are_given_their_exchange_lower_cased(cache: Cache) -> None:
+    bare = Trade.from_ccxt(ccxt_trade("1"))
+    await cache.trades.push(bare, exchange="Binance")
+    await cache.trades.push(Trade.from_ccxt(ccxt_trade("2"), exchange="BINANCE"))
+    assert [t.exchange for t in await cache.trades.recent("binance", "BTC/USDT")] == [
+        "binance",
+        "binance",
+    ]
+    before = await snapshot(cache)
+    with pytest.raises(ValidationError) as info:
+        await cache.trades.push(Trade.from_ccxt(ccxt_trade("3"), exchange="kraken"), "binance")
+    assert info.value.field == "exchange"
+    with pytest.raises(ValidationError) as info:
+        await cache.trades.push(bare)
+    assert info.value.field == "exchange"
+    assert await snapshot(cache) == before
+
+
 async def test_streams_are_capped_but_keep_what_a_group_needs(cache: Cache) -> None:
     store = TradesCache(with_settings(cache, stream_maxlen=50))
     key = cache.keys.trades("binance", "BTC/USDT")

@@ -34,7 +34,12 @@ def to_model(data: object, model: type[M], exchange: str | None, *, required: bo
         values: dict[str, Any] = dict(data)
         if isinstance(values.get("exchange"), str) and values["exchange"]:
             values["exchange"] = validate_exchange(values["exchange"])
-        item = convert(values, model)
+        # filling the exchange during conversion validates the model once, not twice
+        item = (
+            convert(values, model)
+            if exchange is None
+            else convert(values, model, exchange=exchange)
+        )
     else:
         raise ValidationError(
             model.__name__.lower(),

@@ -52,7 +52,7 @@ class AccountCache:
     ``AccountCache(cache.context)``.
     """
 
-    __slots__ = ("client", "codec", "keys", "metrics", "settings")
+    __slots__ = ("_indexed", "client", "codec", "keys", "metrics", "settings")
 
     def __init__(self, ctx: Context) -> None:
         self.client: Any = ctx.client  # redis-py types replies as bytes | str | ...
@@ -60,6 +60,8 @@ class AccountCache:
         self.codec = ctx.codec
         self.settings = ctx.settings
         self.metrics = ctx.metrics
+        # accounts this instance has put in the account index (see set_position)
+        self._indexed: set[str] = set()
 
     def __repr__(self) -> str:
         return f"<AccountCache namespace={self.keys.namespace!r}>"
@@ -160,7 +162,10 @@ class AccountCache:
         """Store one position (a ccxt position dict or a ``Position``) under its symbol.
 
         Only that symbol's field is written: concurrent writers of other symbols
-        are never overwritten.
+        are never overwritten. Usually a single ``HSET``: the account index is
+        written in the same round trip the first time this instance writes the
+        account, and again after creating a new symbol field (which restores an
+        index entry lost with the data, e.g. by a restart without persistence).
 
         Example::
 
@@ -169,10 +174,18 @@ class AccountCache:
         """
         key = self.keys.positions(account)
         item = self._position(position)
+        data = self.codec.encode(item)
+        if account in self._indexed:
+            # Steady state: one HSET. A new field means the hash may have been lost
+            # with its index entry (a restart without persistence): index it again.
+            if await self.client.hset(key, item.symbol, data):
+                await self.client.sadd(self.keys.position_accounts(), account)
+            return
         pipe = self.client.pipeline(transaction=False)
-        pipe.hset(key, item.symbol, self.codec.encode(item))
+        pipe.hset(key, item.symbol, data)
         pipe.sadd(self.keys.position_accounts(), account)
         await pipe.execute()
+        self._indexed.add(account)
 
     @instrumented("accounts.set_positions")
     @redis_errors

@@ -47,7 +47,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from redis.exceptions import ResponseError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..context import Context
 from ..errors import CommandError, ValidationError, redis_errors, translate_redis_errors
@@ -68,6 +77,18 @@ _FIELD_BYTES = FIELD.encode()
 MAX_BLOCK_SLICE = 0.5
 
 _RECLAIM = Script("stream_reclaim")
+
+# Errors of a directly routed cluster read after which the normal (redirect-following,
+# map-refreshing) path is tried once.
+_REROUTE = (
+    MovedError,
+    AskError,
+    TryAgainError,
+    ClusterDownError,
+    SlotNotCoveredError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 
 Resolver = Callable[[], Awaitable[list[list[str]]]]
 
@@ -209,6 +230,30 @@ class StreamGroups(Generic[T]):
     def _slice(self) -> float:
         return min(MAX_BLOCK_SLICE, self._ctx.settings.socket_timeout / 2)
 
+    async def _xreadgroup(
+        self,
+        streams: list[str],
+        group: str,
+        consumer: str,
+        ids: list[str],
+        count: int,
+        block_ms: int | None,
+    ) -> Any:
+        if self._ctx.is_cluster:
+            # redis-py finds the slot of XREADGROUP (keys after STREAMS) with an extra
+            # COMMAND GETKEYS round trip per call; the keys share a slot, so route it.
+            args: list[Any] = ["XREADGROUP", "GROUP", group, consumer, "COUNT", count]
+            if block_ms is not None:
+                args += ["BLOCK", block_ms]
+            args += ["STREAMS", *streams, *ids]
+            try:
+                node = self._client.get_node_from_key(streams[0])
+                return await self._client.execute_command(*args, target_nodes=node)
+            except _REROUTE:
+                pass  # slots moved or a node failed: the routed call refreshes the map
+        request = dict(zip(streams, ids, strict=True))
+        return await self._client.xreadgroup(group, consumer, request, count=count, block=block_ms)
+
     async def _read(
         self,
         streams: list[str],
@@ -219,20 +264,15 @@ class StreamGroups(Generic[T]):
         block_ms: int | None,
     ) -> list[tuple[str, list[tuple[Any, Any]]]]:
         """One XREADGROUP; re-creates the group when the stream was deleted meanwhile."""
-        request = dict(zip(streams, ids, strict=True))
         try:
-            reply = await self._client.xreadgroup(
-                group, consumer, request, count=count, block=block_ms
-            )
+            reply = await self._xreadgroup(streams, group, consumer, ids, count, block_ms)
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             self._forget(streams, group)
             for stream in streams:
                 await self.ensure_group(stream, group)
-            reply = await self._client.xreadgroup(
-                group, consumer, request, count=count, block=block_ms
-            )
+            reply = await self._xreadgroup(streams, group, consumer, ids, count, block_ms)
         return [(decode_id(stream), entries) for stream, entries in reply or ()]
 
     # --- consume -------------------------------------------------------------------------------
