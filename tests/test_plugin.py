@@ -144,6 +144,7 @@ def test_each_of_four_workers_owns_a_server_and_shares_one_cluster(
         assert _gone(int(str(pid)))
 
 
+@pytest.mark.slow
 def test_workers_lease_distinct_dbs_on_a_shared_server(
     pytester: pytest.Pytester, out: Path
 ) -> None:
@@ -175,6 +176,7 @@ def test_workers_lease_distinct_dbs_on_a_shared_server(
             assert keys == expected, (db, keys)  # leases released, test keys cleaned
 
 
+@pytest.mark.slow
 def test_a_crashed_runs_lease_expires(pytester: pytest.Pytester, out: Path) -> None:
     pytester.makepyfile(
         test_block="""\
@@ -430,6 +432,7 @@ def test_cluster_is_not_started_when_it_cannot_be_used(
     off.assert_outcomes(skipped=1)
 
 
+@pytest.mark.cluster
 def test_single_process_starts_the_cluster_on_first_use(
     pytester: pytest.Pytester, out: Path
 ) -> None:
