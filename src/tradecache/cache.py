@@ -32,9 +32,23 @@ from .codec import Codec, get_codec
 from .config import Settings
 from .connection import Client, create_client, redact_url
 from .context import Context
+from .coordination.breaker import Breakers, CircuitBreaker
+from .coordination.events import EventBus
+from .coordination.idempotency import Final_, Idempotency, OnRedisDown
+from .coordination.lock import Lock, LockManager, OnLost
+from .coordination.state import SharedState
 from .errors import ConnectionLost, redis_errors
 from .keys import Keys
 from .metrics import Metrics, OperationStats
+from .stores.accounts import AccountCache
+from .stores.bots import BotCache
+from .stores.exchanges import ExchangeCache
+from .stores.ohlcv import OHLCVCache
+from .stores.orders import OrdersCache
+from .stores.processes import ProcessCache
+from .stores.symbols import SymbolCache
+from .stores.tickers import TickCache
+from .stores.trades import TradesCache
 
 __all__ = ["Cache", "Health", "connect"]
 
@@ -191,6 +205,12 @@ class Cache:
         if self._closed:
             return
         self._closed = True
+        if "locks" in self.__dict__:  # background releases need the client: first
+            await self.locks.aclose()
+        if "breakers" in self.__dict__:
+            await self.breakers.close()
+        if "tickers" in self.__dict__:  # its watchers' subscriptions and reader tasks
+            await self.tickers.close()
         if self._owns_client:
             await self.client.aclose()
 
@@ -284,6 +304,140 @@ class Cache:
             metrics=self.metrics,
             server_version=self.server_version,
         )
+
+    @cached_property
+    def tickers(self) -> TickCache:
+        """Latest tickers per exchange, with push updates (a ``TickCache``)."""
+        return TickCache(self.context)
+
+    @cached_property
+    def ohlcv(self) -> OHLCVCache:
+        """Candle series per exchange, symbol and timeframe (an ``OHLCVCache``)."""
+        return OHLCVCache(self.context)
+
+    @cached_property
+    def orders(self) -> OrdersCache:
+        """The order queue and order status records (an ``OrdersCache``)."""
+        return OrdersCache(self.context)
+
+    @cached_property
+    def trades(self) -> TradesCache:
+        """Public and user trade streams (a ``TradesCache``)."""
+        return TradesCache(self.context)
+
+    @cached_property
+    def accounts(self) -> AccountCache:
+        """Balances and positions per account (an ``AccountCache``)."""
+        return AccountCache(self.context)
+
+    @cached_property
+    def processes(self) -> ProcessCache:
+        """Process registry, heartbeats and system health (a ``ProcessCache``)."""
+        return ProcessCache(self.context)
+
+    @cached_property
+    def exchanges(self) -> ExchangeCache:
+        """Exchange metadata, read through from ``exchanges.loader`` (an ``ExchangeCache``)."""
+        return ExchangeCache(self.context)
+
+    @cached_property
+    def symbols(self) -> SymbolCache:
+        """Market metadata, read through from ``symbols.loader`` (a ``SymbolCache``)."""
+        return SymbolCache(self.context)
+
+    @cached_property
+    def bots(self) -> BotCache:
+        """Bot symbol claims (leases), opening marks and status documents (a ``BotCache``)."""
+        return BotCache(self.context, self.locks)
+
+    @cached_property
+    def locks(self) -> LockManager:
+        """The lock machinery (renewal and wake-up connections) behind :meth:`lock`."""
+        return LockManager(self.context)
+
+    def lock(
+        self,
+        name: str,
+        ttl: float = 10.0,
+        wait: float | None = None,
+        renew: bool = True,
+        on_lost: OnLost | None = None,
+    ) -> Lock:
+        """A distributed lock with fencing; ``async with`` it to get a ``Lease``.
+
+        ``ttl`` bounds a lease (renewed every ``ttl/3`` while ``renew``);
+        ``wait=None`` blocks, ``0`` tries once, ``s`` raises ``WaitTimeout``
+        after ``s`` seconds; ``on_lost(lease)`` runs once if a lease is lost.
+        See :mod:`tradecache.coordination.lock` for the guarantees.
+
+        Example::
+
+            async with cache.lock("rebalance", ttl=5) as lease:
+                await lease.fenced_set(cache.keys.key("plan", "current"), plan_json)
+        """
+        return self.locks.lock(name, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost)
+
+    @cached_property
+    def breakers(self) -> Breakers:
+        """The registry behind :meth:`breaker` (one instance per breaker name)."""
+        return Breakers(self.context)
+
+    def breaker(self, name: str, **options: Any) -> CircuitBreaker:
+        """The circuit breaker ``name``, shared by every process (same name, same instance).
+
+        Options (see :class:`~tradecache.coordination.breaker.BreakerConfig`):
+        ``failure_threshold=5, window=60, reset_timeout=30, half_open_probes=1,
+        success_threshold=1, exclude=(), failure_rate=None, minimum_calls=10,
+        probe_timeout=None, redis_backoff=1.0``.
+
+        Example::
+
+            breaker = cache.breaker("binance", failure_threshold=5, reset_timeout=30)
+            async with breaker:
+                await exchange.create_order(...)
+        """
+        return self.breakers.get(name, **options)
+
+    def idempotency(
+        self,
+        scope: str,
+        ttl: float = 86_400.0,
+        in_flight_ttl: float = 30.0,
+        on_redis_down: OnRedisDown = "fail_closed",
+        final: tuple[Final_, ...] = (),
+    ) -> Idempotency:
+        """Run-once execution for ``scope``: ``await idem.run(key_or_payload, fn)``.
+
+        See :mod:`tradecache.coordination.idempotency` for the guarantees.
+
+        Example::
+
+            idem = cache.idempotency("orders")
+            result = await idem.run(order, lambda: exchange.create_order(**order))
+        """
+        return Idempotency(
+            self.context,
+            scope,
+            ttl=ttl,
+            in_flight_ttl=in_flight_ttl,
+            on_redis_down=on_redis_down,
+            final=final,
+        )
+
+    @cached_property
+    def events(self) -> EventBus:
+        """The event bus: ``publish(topic, payload)``, ``subscribe(*topics)`` (an ``EventBus``)."""
+        return EventBus(self.context)
+
+    def state(self, name: str, ttl: float | None = None) -> SharedState:
+        """A shared JSON value named ``name``; it expires ``ttl`` s after a write (None: never).
+
+        Example::
+
+            limits = cache.state("risk-limits")
+            await limits.update(lambda v: {**(v or {}), "halted": True})
+        """
+        return SharedState(self.context, name, ttl)
 
     def stats(self) -> dict[str, OperationStats]:
         """Per-operation counts, errors and latency percentiles of this process.

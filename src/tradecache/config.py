@@ -93,19 +93,29 @@ class Settings(BaseSettings):
     sentinel_password: SecretStr | None = None
 
     # --- latency budget ------------------------------------------------------------------
-    connect_timeout: float = Field(default=0.25, description="TCP/unix connect timeout")
+    connect_timeout: float = Field(default=0.5, description="TCP/unix connect timeout")
     socket_timeout: float = Field(default=1.0, description="read timeout of one command")
     retry_attempts: int = Field(default=1, ge=0, le=10, description="retries after a failure")
     retry_backoff: float = Field(default=0.01, description="first retry delay")
     retry_backoff_cap: float = Field(default=0.1, description="longest retry delay")
     pool_size: int = Field(default=32, ge=1, le=10_000, description="max connections")
     pool_timeout: float = Field(default=0.5, description="wait for a free pooled connection")
+    cluster_pool_size: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description="max connections per Cluster node (redis-py's cluster pool cannot wait)",
+    )
 
     # --- encoding ----------------------------------------------------------------------------
     codec: Literal["json", "msgpack"] = "json"
 
     # --- store limits ------------------------------------------------------------------------
     stale_after: float = Field(default=30.0, description="a ticker older than this is stale")
+    ticker_cross_tolerance: float = Field(
+        default=0.001,
+        description="a ticker whose bid exceeds its ask by more than this fraction is rejected",
+    )
     max_candles: int = Field(default=10_000, ge=1, description="candles kept per series")
     order_ttl: float = Field(default=86_400.0, description="lifetime of a terminal order")
     stream_maxlen: int = Field(default=100_000, ge=1, description="approximate stream cap")
@@ -113,6 +123,15 @@ class Settings(BaseSettings):
     subscriber_queue: int = Field(default=10_000, ge=1, description="per-subscriber buffer")
     metadata_ttl: float = Field(default=86_400.0, description="exchange/symbol cache TTL")
     negative_ttl: float = Field(default=30.0, description="TTL of a cached loader miss")
+    metadata_load_timeout: float = Field(
+        default=10.0, description="fill lock TTL: how long other processes wait for a loader"
+    )
+    process_stale_after: float = Field(
+        default=60.0, description="a process without a heartbeat for this long is stale"
+    )
+    process_retention: float = Field(
+        default=86_400.0, description="how long a stopped process record is kept"
+    )
 
     @field_validator(
         "connect_timeout",
@@ -122,12 +141,15 @@ class Settings(BaseSettings):
         "order_ttl",
         "metadata_ttl",
         "negative_ttl",
+        "metadata_load_timeout",
+        "process_stale_after",
+        "process_retention",
     )
     @classmethod
     def _check_positive(cls, value: float) -> float:
         return _positive(value)
 
-    @field_validator("retry_backoff", "retry_backoff_cap")
+    @field_validator("retry_backoff", "retry_backoff_cap", "ticker_cross_tolerance")
     @classmethod
     def _check_non_negative(cls, value: float) -> float:
         return _positive(value, allow_zero=True)
