@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tradecache import Cache, ConnectionLost, ValidationError
 from tradecache.codec import get_codec
@@ -20,7 +19,7 @@ from tradecache.envelope import decode_envelope, encode_envelope
 from tradecache.keys import Keys
 from tradecache.metrics import Metrics
 from tradecache.models import Candle, from_ms
-from tradecache.stores.ohlcv import TIMEFRAMES, OHLCVCache, _as_link_error, validate_timeframe
+from tradecache.stores.ohlcv import TIMEFRAMES, OHLCVCache, validate_timeframe
 from tradecache.testing import wait_until
 
 MINUTE = 60_000
@@ -402,8 +401,3 @@ async def test_a_gap_with_nothing_stored_still_delivers_what_follows(cache):
     await wait_until(lambda: len(watcher.seen) == 1)
     assert watcher.seen == [[T0, 1.0, 2.0, 0.5, 1.5, 3.0]]
     await watcher.stop()
-
-
-def test_an_outage_inside_a_subscription_hook_reads_as_a_lost_link():
-    with pytest.raises(RedisConnectionError, match="gone"), _as_link_error():
-        raise ConnectionLost("gone")

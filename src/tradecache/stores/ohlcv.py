@@ -25,20 +25,18 @@ values, high below open/close ...), naming the field, with nothing written.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..context import Context
 from ..coordination.events import default_source
 from ..coordination.subscription import Event, Subscription, publish_command, use_sharded
 from ..envelope import Envelope
-from ..errors import ConnectionLost, ValidationError, redis_errors, translate_redis_errors
+from ..errors import ValidationError, redis_errors, translate_redis_errors
 from ..keys import validate_exchange, validate_symbol
 from ..metrics import instrumented
 from ..models import Candle, convert, dec_hook, enc_hook, to_ms, translate_msgspec_error
@@ -62,15 +60,6 @@ logger = logging.getLogger("tradecache.ohlcv")
 _encode: Final = msgspec.json.Encoder(enc_hook=enc_hook).encode
 _decode_candle: Final = msgspec.json.Decoder(Candle, dec_hook=dec_hook).decode
 _decode_candles: Final = msgspec.json.Decoder(list[Candle], dec_hook=dec_hook).decode
-
-
-@contextlib.contextmanager
-def _as_link_error() -> Iterator[None]:
-    """Inside subscription hooks: an outage must read as a lost link, so it reconnects."""
-    try:
-        yield
-    except ConnectionLost as exc:
-        raise RedisConnectionError(str(exc)) from exc
 
 
 def _corrupt(exc: msgspec.ValidationError, model: Any, what: str) -> ValidationError:
@@ -302,14 +291,14 @@ class OHLCVCache:
             newest = await client.zrange(series.key, -1, -1, withscores=True)
         since = [int(newest[0][1]) if newest else 0]
 
+        # An outage inside a hook (ConnectionLost is an OSError) makes the subscription
+        # reconnect and call it again.
         async def positions(topics: Sequence[str]) -> dict[str, tuple[int, int]]:
-            with _as_link_error():
-                seq, time_ms = await _POSITION(client, (series.seq,))
+            seq, time_ms = await _POSITION(client, (series.seq,))
             return {series.topic: (int(seq), int(time_ms))}
 
         async def backfill(topic: str, first: int, last: int | None) -> list[Envelope]:
-            with _as_link_error():
-                time_ms, *members = await _SINCE(client, (series.key,), (since[0],))
+            time_ms, *members = await _SINCE(client, (series.key,), (since[0],))
             if not members:
                 return []
             # One envelope standing for the whole gap: the series' current candles.

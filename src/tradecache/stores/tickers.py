@@ -44,14 +44,12 @@ from datetime import timedelta
 from typing import Any, Final
 
 import msgspec
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..context import Context
 from ..coordination.events import default_source
 from ..coordination.subscription import Event, Subscription, publish_command, use_sharded
 from ..envelope import Envelope, decode_envelope
 from ..errors import (
-    ConnectionLost,
     TradecacheError,
     ValidationError,
     WaitTimeout,
@@ -743,14 +741,11 @@ class _Hub:
                 with contextlib.suppress(asyncio.InvalidStateError):  # resolved already
                     waiter.future.set_exception(exc)
 
-    # The hooks raise redis-py's own errors: the subscription takes those for a lost
-    # connection and reconnects, where a translated ConnectionLost would end it.
+    # Subscription hooks: an outage (ConnectionLost is an OSError, like redis-py's own
+    # errors) makes the subscription reconnect and call them again; anything else ends it.
 
     async def _positions(self, topics: Sequence[str]) -> dict[str, tuple[int, int]]:
-        try:
-            seq, time_ms = await _POSITION(self.store._client, (self.ex.seq,))
-        except ConnectionLost as exc:
-            raise RedisConnectionError(str(exc)) from exc
+        seq, time_ms = await _POSITION(self.store._client, (self.ex.seq,))
         return {self.ex.name: (int(seq), int(time_ms))}
 
     async def read(self, symbols: frozenset[str] | None) -> list[Envelope]:
