@@ -613,3 +613,10 @@ def test_help_tradecache_gives_the_overview_and_a_runnable_example(
     out = capsys.readouterr().out
     assert "BTC/USDT 60000.0" in out
     assert "bot-1 holds BTC/USDT under fence" in out
+
+
+async def test_testing_guide_fault_example_runs() -> None:
+    code = next(b for b in python_blocks(tradecache.docs.testing_guide) if "server.pause()" in b)
+    namespace: dict[str, Any] = {"pytest": pytest}
+    exec(compile(code, "<testing_guide>", "exec"), namespace)
+    await namespace["test_outage_raises"]()
