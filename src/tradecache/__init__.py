@@ -5,25 +5,50 @@ tickers with live push and candles, order and trade queues that never lose an
 entry, balances and positions, symbol claims so no two bots trade one symbol,
 process heartbeats, and exchange/symbol metadata read through from SQL; plus
 locks with fencing tokens, a circuit breaker shared by every worker,
-idempotent order submission and an event bus.
+idempotent order submission and an event bus. It runs on standalone Redis,
+Sentinel and Redis Cluster (6.2 or later).
 
-Quickstart::
+One :class:`Cache` per process holds the connection and everything else:
+
+* stores: ``cache.tickers``, ``cache.ohlcv``, ``cache.orders``,
+  ``cache.trades``, ``cache.accounts``, ``cache.bots``, ``cache.processes``,
+  ``cache.exchanges``, ``cache.symbols``;
+* coordination: ``cache.events``, ``cache.state(name)``, ``cache.lock(name)``,
+  ``cache.breaker(name)``, ``cache.idempotency(scope)``;
+* operations: ``cache.ping()``, ``cache.health()``, ``cache.stats()``.
+
+Example::
 
     import asyncio
+
     from tradecache import Cache
 
+
     async def main() -> None:
-        async with Cache.connect("redis://localhost:6379/0", namespace="prod") as cache:
-            print(await cache.ping())
-            print(await cache.health())
+        async with Cache.connect("redis://localhost:6379/0", namespace="demo") as cache:
+            await cache.tickers.set({"symbol": "BTC/USDT", "last": 60000.0}, exchange="binance")
+            ticker = await cache.tickers.get("binance", "BTC/USDT")
+            print(ticker.symbol, ticker.last)
+            async with cache.bots.claim("binance", "BTC/USDT", "bot-1", ttl=30) as claim:
+                print("bot-1 holds BTC/USDT under fence", claim.fence)
+
 
     asyncio.run(main())
 
+No server at hand? ``python -m tradecache.examples.basic_usage`` runs the basic
+example on an embedded ``redis-server`` it starts and stops.
+
+Every write is atomic and one round trip. Every error is a
+:class:`tradecache.errors.TradecacheError`: a miss returns ``None``, an
+outage raises ``ConnectionLost`` within the configured latency budget, bad
+input raises ``ValidationError`` naming the field and writes nothing.
 Configuration is explicit: ``Settings()`` reads ``TRADECACHE_*`` and
 ``REDIS_URL`` from the environment when you build it, never at import.
-Every error is a :class:`tradecache.errors.TradecacheError`: a miss returns
-``None``, an outage raises ``ConnectionLost``, bad input raises
-``ValidationError`` naming the field.
+
+More: :mod:`tradecache.docs` (``quickstart``, ``caching_guide``,
+``coordination_guide``, ``testing_guide``, ``operations_guide``,
+``migration_guide``, ``api_reference``, ``get_all_docs()``) and
+:mod:`tradecache.examples` (runnable: ``python -m tradecache.examples.<name>``).
 """
 
 from __future__ import annotations

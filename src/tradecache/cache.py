@@ -201,7 +201,13 @@ class Cache:
         return dict(reply)
 
     async def close(self) -> None:
-        """Close the client (unless it was handed in). Safe to call twice."""
+        """Close the client (unless it was handed in). Safe to call twice.
+
+        Stops the stores' background work first (lock renewals, breaker and
+        ticker subscriptions). ``async with Cache.connect(...)`` calls it.
+
+        Example: ``cache = await Cache.connect(); ...; await cache.close()``
+        """
         if self._closed:
             return
         self._closed = True
