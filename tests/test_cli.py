@@ -1,4 +1,4 @@
-"""The ``tradecache`` command line: ``server`` for real, placeholders, a missing extra."""
+"""The ``tradecache`` command line: ``server`` for real, ``main``, a missing extra."""
 
 from __future__ import annotations
 
@@ -31,13 +31,6 @@ def tmp_root(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_placeholders_say_not_yet() -> None:
-    result = runner.invoke(commands.app, ["demo"])  # until the demo lands
-    assert result.exit_code == 2
-    assert result.stderr == "tradecache demo: not implemented yet\n"
-    assert "Traceback" not in result.output
-
-
 def test_help_lists_every_command() -> None:
     result = runner.invoke(commands.app, ["--help"])
     assert result.exit_code == 0
@@ -47,9 +40,9 @@ def test_help_lists_every_command() -> None:
 
 def test_main_runs_the_app(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        main(["demo"])
-    assert exited.value.code == 2
-    assert "not implemented yet" in capsys.readouterr().err
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "Usage: tradecache" in capsys.readouterr().out
 
 
 def test_without_the_cli_extra_main_says_what_to_install(
