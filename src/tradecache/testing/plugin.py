@@ -400,16 +400,13 @@ def _unavailable(run: _Run, why: str) -> NoReturn:
     pytest.skip(f"no Redis: {why}")
 
 
-def _unlink_matching(client: redis.Redis, pattern: str, keep: frozenset[str] = frozenset()) -> int:
-    """SCAN + UNLINK of ``pattern`` on one server (one node: single-key UNLINKs)."""
+def _unlink_matching(client: redis.Redis, pattern: str, keep: frozenset[str] = frozenset()) -> None:
+    """SCAN + UNLINK of ``pattern`` on one server, pipelined (single-key: cluster-safe)."""
     pipe = client.pipeline(transaction=False)
-    count = 0
     for key in client.scan_iter(match=pattern, count=1000):
         if key not in keep:
             pipe.unlink(key)
-            count += 1
     pipe.execute()
-    return count
 
 
 def _glob_escape(text: str) -> str:
