@@ -131,7 +131,14 @@ async def test_claims_prunes_an_index_entry_whose_lease_vanished(cache):
     await cache.client.delete(cache.keys.bot_claim("binance", "BTC/USDT"))  # e.g. evicted
     assert await bots.claims() == []
     assert await cache.client.zcard(cache.keys.bot_claims()) == 0
-    await claim.release()
+
+    async def use(held):
+        async with held as same:  # an awaited claim is a context manager too
+            assert same is held
+
+    with pytest.raises(LockLost):  # the release found it gone: reported
+        await use(claim)
+    assert claim.lost.is_set()
 
 
 async def test_lost_claim_is_reported(cache):

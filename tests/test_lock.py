@@ -54,6 +54,7 @@ async def test_acquire_release_and_inspect(cache):
     assert "released" in repr(lease)
     assert not lease.held
     assert not await lock.locked()
+    assert cache.locks.hub.connects == 0  # uncontended: no wake-up connection was opened
     with pytest.raises(LockLost, match="released"):
         lease.ensure_held()
 
@@ -289,11 +290,13 @@ async def test_failing_on_lost_callback_is_logged(cache, caplog):
 
 
 async def test_explicit_renew(cache):
-    lock = cache.lock("manual", ttl=0.3, renew=False)
+    lock = cache.lock("manual", ttl=2, renew=False)
     lease = await lock.acquire()
-    for _ in range(4):
-        await asyncio.sleep(0.15)
-        await lease.renew()
+    await asyncio.sleep(0.1)
+    left = lease.remaining()
+    await lease.renew()
+    assert lease.remaining() > left  # the local deadline moved with the server TTL
+    assert await cache.client.pttl(lock.spec.key) > 1900
     assert lease.held
     await cache.client.delete(lock.spec.key)
     with pytest.raises(LockLost, match="taken over"):
@@ -301,6 +304,32 @@ async def test_explicit_renew(cache):
     await lease.release()
     with pytest.raises(LockLost, match="released"):
         await lease.renew()
+
+
+async def test_a_renewal_answered_after_the_deadline_does_not_revive_the_lease(cache):
+    """The deadline timer runs before the late reply is read: the lease stays lost."""
+    lease = await cache.lock("late", ttl=0.2, renew=False).acquire()
+    renewal = asyncio.create_task(lease.renew())
+    await asyncio.sleep(0)  # the renewal is sent
+    time.sleep(0.25)  # noqa: ASYNC251 - the loop is stalled past the deadline
+    with pytest.raises(LockLost, match="deadline"):
+        await renewal
+    assert not lease.held
+
+
+async def test_one_lock_object_nested_in_one_task_pairs_each_exit_with_its_lease(cache):
+    lock = cache.lock("nested", ttl=0.2, renew=False)
+
+    async def nested():
+        async with lock as outer:
+            await asyncio.wait_for(outer.lost.wait(), 5)  # expired: the name is free again
+            async with lock as inner:
+                assert inner.fence > outer.fence and inner.held
+            assert not inner.held  # the inner exit released the inner lease
+
+    with pytest.raises(LockLost):  # the outer exit reports the outer lease's loss
+        await nested()
+    assert not await lock.locked()
 
 
 # --- fenced writes -----------------------------------------------------------------------------
@@ -404,6 +433,17 @@ async def test_cancelled_release_still_releases(cache):
             break
 
 
+async def test_cancelled_try_while_held_leaves_the_holder_alone(cache):
+    lock = cache.lock("cancel-held", ttl=30)
+    holder = await lock.acquire()
+    _, finished = await run_cancelled_after(lambda: lock.acquire(wait=0), 1)  # mid-script
+    assert not finished
+    await settled(cache)
+    info = await lock.holder()
+    assert info is not None and info.fence == holder.fence  # the compensation did nothing
+    assert await holder.release()
+
+
 async def test_timeout_around_a_blocked_acquire(cache):
     lock = cache.lock("tmo", ttl=30)
     async with lock:
@@ -420,10 +460,12 @@ async def test_timeout_around_a_blocked_acquire(cache):
 
 async def test_killed_renewal_connection_reconnects(cache):
     async with cache.lock("kill-renew", ttl=0.6) as lease:
-        await wait_until(lambda: client_ids(cache, "lock-renew"), timeout=5)
+        await wait_until(lambda: client_ids(cache, f"lock-renew:{cache.locks.id}"), timeout=5)
         for _ in range(4):
-            assert await kill_clients(cache, "lock-renew") >= 1
-            await wait_until(lambda: client_ids(cache, "lock-renew"), timeout=5)  # renewed again
+            assert await kill_clients(cache, f"lock-renew:{cache.locks.id}") >= 1
+            await wait_until(
+                lambda: client_ids(cache, f"lock-renew:{cache.locks.id}"), timeout=5
+            )  # renewed again
         await asyncio.sleep(0.6)
         assert lease.held  # every kill was survived by the next renewal
 
@@ -433,8 +475,8 @@ async def test_killed_wakeup_connection_still_wakes_waiters(cache):
     holder = await lock.acquire()
     waiter = asyncio.create_task(lock.acquire(wait=20))
     await wait_until(lambda: cache.locks.hub.channels == 1, timeout=5)
-    await wait_until(lambda: client_ids(cache, "lock-wake"), timeout=5)
-    assert await kill_clients(cache, "lock-wake") == 1
+    await wait_until(lambda: client_ids(cache, f"lock-wake:{cache.locks.id}"), timeout=5)
+    assert await kill_clients(cache, f"lock-wake:{cache.locks.id}") == 1
     await wait_until(lambda: cache.locks.hub.connects >= 2, timeout=5)  # resubscribed
     started = time.monotonic()
     await holder.release()
@@ -466,6 +508,86 @@ async def test_body_error_wins_over_a_failed_release(caplog):
             with pytest.raises(ConnectionLost):
                 async with cache.lock("x", ttl=5, renew=False):
                     server.kill()
+
+
+# --- the shared wake-up subscriber -------------------------------------------------------------
+
+
+async def test_wakeups_for_other_waiters_are_ignored(cache):
+    lock = cache.lock("targeted", ttl=30)
+    holder = await lock.acquire()
+    waiter = asyncio.create_task(lock.acquire(wait=20))
+    hub = cache.locks.hub
+    await wait_until(lambda: cache.client.zcard(lock.spec.queue), timeout=5)  # subscribed, queued
+    await cache.client.publish(f"{lock.spec.channel}:{hub.id}", "someone-else")
+    await asyncio.sleep(0.1)
+    assert not waiter.done()  # not its token: not woken
+    await holder.release()
+    lease = await asyncio.wait_for(waiter, 10)
+    await lease.release()
+
+
+async def test_subscription_acks_are_matched_in_order(cache):
+    hub = cache.locks.hub
+    prefix = cache.keys.lock_channel("acks")
+    first, again = asyncio.Event(), asyncio.Event()
+    await hub.watch(prefix, "t0", first, 5)  # connects the hub
+    hub.unwatch(prefix, "t0")
+    # Queued without a pause: SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE.
+    await hub.watch(prefix, "t1", first, 0)  # do not wait for the ack
+    hub.unwatch(prefix, "t1")  # its ack will find no channel
+    hub.unwatch(prefix, "t1")  # twice: nothing to do
+    await hub.watch(prefix, "t2", again, 0)
+    hub.unwatch(prefix, "t2")
+    await hub.watch(prefix, "t3", again, 5)  # ready only at the third SUBSCRIBE's ack
+    assert again.is_set()  # (re)subscribed: woken once, in case a release was missed
+    again.clear()
+    await cache.client.publish(f"{prefix}:{hub.id}", "t3")
+    await asyncio.wait_for(again.wait(), 5)
+    hub.unwatch(prefix, "t3")
+    assert hub.channels == 0 and hub.connects == 1
+
+
+async def test_wakeup_subscriber_without_a_server_lets_waiters_fall_back():
+    server = RedisServer(port=0).start()
+    try:
+        async with Cache.connect(server.url, namespace="hub", connect_timeout=0.2) as cache:
+            server.stop()  # nothing listens on the port any more
+            hub = cache.locks.hub
+            event = asyncio.Event()
+            prefix = cache.keys.lock_channel("x")
+            started = time.monotonic()
+            await hub.watch(prefix, "t1", event, 10)  # released by the failure, not the 10 s
+            assert time.monotonic() - started < 5
+            await wait_until(event.is_set, timeout=5)  # woken: retry, a release may be missed
+            other = asyncio.Event()
+            await hub.watch(cache.keys.lock_channel("y"), "t2", other, 10)  # down: no wait
+            assert hub.connects == 0
+            hub.unwatch(prefix, "t1")
+    finally:
+        server.stop()
+
+
+async def test_idle_wakeup_connection_is_probed_and_replaced_when_dead():
+    with RedisServer(port=0) as server:
+        async with Cache.connect(server.url, namespace="hub", socket_timeout=0.3) as cache:
+            manager = LockManager(cache.context, wake_idle=0.1)
+            lock = manager.lock("idle", ttl=30)
+            holder = await lock.acquire()
+            waiter = asyncio.create_task(lock.acquire(wait=30))
+            await wait_until(lambda: manager.hub.channels == 1, timeout=5)
+            await asyncio.sleep(0.5)  # several idle periods: PINGs answered
+            assert manager.hub.connects == 1
+            server.pause()  # PINGs go unanswered: the connection is declared dead
+            try:
+                await asyncio.sleep(0.5)
+            finally:
+                server.resume()
+            await wait_until(lambda: manager.hub.connects >= 2, timeout=10)
+            await holder.release()
+            lease = await asyncio.wait_for(waiter, 15)
+            await lease.release()
+            await manager.aclose()
 
 
 # --- server faults on private servers ----------------------------------------------------------

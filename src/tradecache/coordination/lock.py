@@ -252,10 +252,11 @@ class _WakeHub:
         self._idle = idle
         self._channels: dict[bytes, _Channel] = {}
         self._outstanding: dict[bytes, int] = {}  # SUBSCRIBEs sent, not yet acknowledged
-        self._queue: asyncio.Queue[tuple[bytes, ...]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[bytes, ...] | None] = asyncio.Queue()
         self._connection: AbstractConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._down = False
+        self._heard = False
         self.connects = 0
 
     @property
@@ -278,8 +279,8 @@ class _WakeHub:
             elif self._connection is not None:
                 self._send(b"SUBSCRIBE", name)
         entry.waiters[token] = event
-        if not entry.ready.done() and not self._down:
-            await asyncio.wait([entry.ready], timeout=max(ack_wait, 0.0))
+        if ack_wait > 0 and not entry.ready.done() and not self._down:
+            await asyncio.wait([entry.ready], timeout=ack_wait)
 
     def unwatch(self, prefix: str, token: str) -> None:
         """Forget ``token``; unsubscribe when it was the channel's last waiter."""
@@ -314,8 +315,9 @@ class _WakeHub:
                 log.debug("lock wake-up connection failed: %r", exc)
             finally:
                 self._connection = None
-                if writer is not None:
-                    writer.cancel()
+                if writer is not None:  # a failed send also breaks the read: we get here
+                    self._queue.put_nowait(None)
+                    await asyncio.gather(writer, return_exceptions=True)
                 await connection.disconnect(nowait=True)
             self._lost()
             await asyncio.sleep(delay)
@@ -326,8 +328,7 @@ class _WakeHub:
         # missed. Until we are back they wait in TTL slices.
         self._down = True
         self._outstanding.clear()
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        self._queue = asyncio.Queue()  # unsent commands: resubscribing replaces them
         for entry in self._channels.values():
             self._wake_all(entry)
 
@@ -339,13 +340,10 @@ class _WakeHub:
             event.set()
 
     async def _write(self, connection: AbstractConnection) -> None:
-        while True:
-            command = await self._queue.get()
-            try:
-                await connection.send_command(*command, check_health=False)
-            except Exception as exc:  # the reader sees the broken connection and reconnects
-                log.debug("lock wake-up send failed: %r", exc)
-                return
+        # Stopped by a None in the queue, not by cancel(): on Python 3.11 redis-py
+        # sends through asyncio.wait_for, which can swallow a cancellation.
+        while (command := await self._queue.get()) is not None:
+            await connection.send_command(*command, check_health=False)
 
     async def _read(self, connection: AbstractConnection) -> None:
         self._connection = connection
@@ -353,17 +351,30 @@ class _WakeHub:
         self._outstanding = {}
         if names:
             self._send(b"SUBSCRIBE", *names)
-        pinged = False
+        prober = asyncio.create_task(self._probe(connection))
+        try:
+            while True:
+                reply = await connection.read_response(timeout=math.inf, disconnect_on_error=False)
+                self._heard = True
+                self._dispatch(reply)
+        finally:
+            prober.cancel()
+            await asyncio.gather(prober, return_exceptions=True)
+
+    async def _probe(self, connection: AbstractConnection) -> None:
+        # Silence for `idle` seconds sends a PING; silence for as long again means
+        # the peer is gone (a half-open TCP connection reads nothing, forever):
+        # closing the connection makes the reader fail and reconnect.
         while True:
-            reply = await connection.read_response(timeout=self._idle, disconnect_on_error=False)
-            if reply is None:
-                if pinged:
-                    raise ConnectionError("the wake-up connection did not answer PING")
-                pinged = True
-                self._queue.put_nowait((b"PING",))
+            self._heard = False
+            await asyncio.sleep(self._idle)
+            if self._heard:
                 continue
-            pinged = False
-            self._dispatch(reply)
+            self._queue.put_nowait((b"PING",))
+            await asyncio.sleep(self._idle)
+            if not self._heard:
+                await connection.disconnect(nowait=True)
+                return
 
     def _dispatch(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 3:
@@ -405,11 +416,16 @@ class LockManager:
         await locks.aclose()
     """
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, wake_idle: float | None = None) -> None:
         self.ctx = ctx
+        # Silence on the wake-up connection for this long sends a PING; no answer
+        # within as long again counts as a dead connection.
+        self.wake_idle = wake_idle or max(5.0, 10 * ctx.settings.socket_timeout)
         self.client = ctx.client
         self.metrics = ctx.metrics
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # Names its dedicated connections (CLIENT LIST shows ...:lock-renew:<id>).
+        self.id = secrets.token_hex(4)
         self._links: dict[str, _Link] = {}
         self._hub: _WakeHub | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -483,8 +499,8 @@ class LockManager:
         """The shared wake-up subscriber (started on the first contended acquire)."""
         if self._hub is None:
             self._hub = _WakeHub(
-                lambda: _connection_for(self.client, None, "lock-wake"),
-                idle=max(5.0, 10 * self.ctx.settings.socket_timeout),
+                lambda: _connection_for(self.client, None, f"lock-wake:{self.id}"),
+                idle=self.wake_idle,
             )
         return self._hub
 
@@ -496,7 +512,8 @@ class LockManager:
             name = ""
         found = self._links.get(name)
         if found is None:
-            found = self._links[name] = _Link(_connection_for(self.client, key, "lock-renew"))
+            connection = _connection_for(self.client, key, f"lock-renew:{self.id}")
+            found = self._links[name] = _Link(connection)
         return found
 
     async def renew(self, spec: LockSpec, token: str, ttl_ms: int) -> bool:
@@ -636,8 +653,8 @@ class Lease:
         started = time.monotonic()
         if not await self._lock.manager.renew(self._lock.spec, self.token, self._lock.ttl_ms):
             self._lose("the lease expired or was taken over", cleanup=False)
-            self.ensure_held()
         self._extend(started)
+        self.ensure_held()  # also lost or released while the renewal was under way
 
     async def _renew_loop(self) -> None:
         interval = self.ttl / 3
