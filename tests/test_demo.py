@@ -8,12 +8,14 @@ carrying it is left.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -26,8 +28,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tradecache.cli import commands
-from tradecache.demo import DemoOptions, run_demo
+from tradecache.demo import DemoOptions, run_demo, runner
 from tradecache.demo.dashboard import BotRow, ProcessRow, Snapshot, TickerRow, line, render
+from tradecache.demo.runner import Demo
 from tradecache.testing import wait_until_sync
 
 INVARIANTS = {
@@ -241,6 +244,40 @@ def test_cli_command_in_process() -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["ok"] and set(summary["invariants"]) == INVARIANTS
+
+
+@pytest.mark.slow
+def test_stopped_while_starting_still_drains_and_checks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TRADECACHE_TMPDIR", str(tmp_path))
+    out = StringIO()
+    options = DemoOptions(ui=False, symbols=3, bots=1, executors=1)
+    demo = Demo(options, Console(file=out, width=200), Console(file=out, width=200))
+    demo.stop.set()  # Ctrl-C before the children registered
+    assert asyncio.run(demo.main()) == 0, out.getvalue()
+    assert "all invariants hold" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_a_violated_invariant_exits_1_and_keeps_the_logs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TRADECACHE_TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    async def stuck(cache: Any) -> tuple[int, int, int]:
+        return 1, 1, 0  # an order that is never acknowledged
+
+    monkeypatch.setattr(runner, "queue_state", stuck)
+    out = StringIO()
+    options = DemoOptions(duration=1, ui=False, symbols=3, bots=1, executors=1, drain_timeout=0)
+    assert run_demo(options, Console(file=out, width=300)) == 1
+    text = out.getvalue()
+    assert "drain timed out" in text and "INVARIANT VIOLATED" in text
+    assert "trades_pushed_equal_consumed" in text and "1 unacknowledged" in text
+    kept = [p for p in tmp_path.glob("tradecache-demo-*") if (p / "monitor.log").exists()]
+    assert len(kept) == 1
 
 
 def test_without_redis_server_it_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,11 +22,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from rich.console import Console
 
 from tradecache import Cache
 from tradecache.coordination.subscription import Event, Gap
 from tradecache.demo import bot as bot_module
 from tradecache.demo import child
+from tradecache.demo import summary as summary_module
 from tradecache.demo.bot import Bot
 from tradecache.demo.common import (
     TOPIC,
@@ -59,6 +63,7 @@ from tradecache.envelope import Envelope
 from tradecache.errors import CircuitOpen, ConnectionLost, InProgress, WaitTimeout
 from tradecache.models import Order, OrderSide, OrderStatus, Position, PositionSide, Trade
 from tradecache.stores.orders import OrdersCache
+from tradecache.stores.streams import Delivery
 from tradecache.stores.tickers import TickCache
 from tradecache.stores.trades import TradesCache
 from tradecache.testing import wait_until
@@ -267,8 +272,6 @@ def test_summary_json_and_table() -> None:
     assert data["ok"] is False and data["mode"] == "standalone"
     assert data["invariants"]["b"] == {"ok": False, "detail": "broken"}
     assert data["latency_ms"]["lock acquire"] == {"p50": 0.512, "p99": 2.0}
-    from rich.console import Console
-
     console = Console(record=True, width=140)
     console.print(render(summary))
     text = console.export_text()
@@ -281,7 +284,10 @@ def test_summary_json_and_table() -> None:
 # --- roles -------------------------------------------------------------------------------------
 
 
-async def test_the_roles_together_hold_the_invariants(cache: Cache, config: DemoConfig) -> None:
+async def test_the_roles_together_hold_the_invariants(
+    cache: Cache, config: DemoConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(summary_module, "_PAGE", 4)  # gather() reads the queue page by page
     observer = Observer(cache, config)
     await observer.start()
     feed, bot = Feed(cache, config), Bot(cache, config, "bot1")
@@ -381,6 +387,18 @@ async def test_executor_reclaims_orders_of_a_dead_one(
         await wait_until(lambda: executor.counts["filled"] == 1, timeout=20)
     assert executor.counts["reclaimed"] == 1
     assert await cache.orders.pending("executors") == 0
+
+
+async def test_executor_loop_retries_through_an_outage(cache: Cache, config: DemoConfig) -> None:
+    await cache.tickers.set({"symbol": "BTC/USDT", "last": 100.0}, exchange="binance")
+    await cache.state("demo-outage", ttl=30).set(True)
+    await cache.orders.submit(order())
+    executor = Executor(cache, config, "exec1")
+    async with running(executor):
+        await wait_until(lambda: executor.counts["failed"] >= 2, timeout=20)
+        await cache.state("demo-outage").delete()
+        await wait_until(lambda: executor.counts["filled"] == 1, timeout=20)
+    assert executor.breaker.state.value in ("open", "half_open", "closed")
 
 
 async def test_executor_survives_lost_round_trips(
@@ -600,6 +618,25 @@ async def test_monitor_ledger_and_health(
         await wait_until(lambda: failing.errors >= 3, timeout=10)
 
 
+async def test_monitor_ledger_stops_between_two_trades(
+    cache: Cache, config: DemoConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for n in range(3):
+        fill = Trade(id=f"bot1-0-1-{n}", symbol="BTC/USDT", price=D(1), amount=D(1))
+        await cache.trades.push_user_trade("bot1", fill, exchange="binance")
+    monitor = Monitor(cache, config)
+    stop = asyncio.Event()
+    ack = Delivery.ack
+
+    async def ack_then_stop(self: Delivery[Any]) -> bool:
+        stop.set()  # as if SIGTERM arrived while the ledger was busy
+        return await ack(self)
+
+    monkeypatch.setattr(Delivery, "ack", ack_then_stop)
+    await asyncio.wait_for(monitor._ledger(stop), 10)
+    assert monitor.consumed == 1
+
+
 async def _status(cache: Cache, process_id: str) -> bool:
     info = await cache.processes.get(process_id)
     return info is not None and info.status == "stopped"
@@ -632,6 +669,8 @@ def _event(topic: str, payload: Any, seq: int = 1) -> Event:
 
 async def test_observer_reads_claims_gaps_and_notes(cache: Cache, config: DemoConfig) -> None:
     observer = Observer(cache, config)
+    observer.note("before anyone listens")
+    assert observer.recent[-1].endswith("before anyone listens")
     notes: list[str] = []
     observer.on_note = notes.append
     start = {"kind": "claim_start", "bot": "bot1", "market": 0, "fence": 7, "t": 1.0,
@@ -744,8 +783,10 @@ def broken(tmp_path: Path) -> Iterator[Supervisor]:
 
 async def test_supervisor_replaces_crashed_children(broken: Supervisor) -> None:
     first = broken.spawn("bot", 1)
+    first.paused_until = 0.0  # its pause is over, but it is dead already: nothing to resume
     await wait_until(lambda: not first.running, timeout=60)
     broken.poll()
+    assert first.paused_until is None
     assert broken.crashes[0].startswith("bot1 exited with code 1: ")
     assert "ConnectionLost" in broken.crashes[0] or "Error" in broken.crashes[0]
     assert broken.current["bot", 1].name == "bot1r1" and broken.names("bot") == ["bot1", "bot1r1"]
@@ -780,3 +821,74 @@ async def test_supervisor_chaos_without_victims(broken: Supervisor) -> None:
     assert await broken.chaos("outage") == "outage"
     assert dict(broken.chaos_done) == {"outage": 1}
     assert broken.doomed() == []
+
+
+async def test_supervisor_chaos_on_real_children(
+    cache: Cache, config: DemoConfig, tmp_path: Path
+) -> None:
+    notes: list[str] = []
+    supervisor = Supervisor(config, tmp_path, notes.append)
+    try:
+        supervisor.spawn("bot", 1)
+        supervisor.spawn("executor", 1)
+        await wait_until(lambda: _registered(cache, 2), timeout=90)
+        assert await supervisor.chaos("kill-bot") == "kill-bot"
+        assert supervisor.current["bot", 1].name == "bot1r1"
+        await supervisor.chaos("kill-executor")  # frozen first, killed when due
+        frozen = supervisor.current["executor", 1]
+        assert frozen.kill_at is not None and supervisor.doomed() == []
+        await wait_until(supervisor.doomed, timeout=5)
+        supervisor.poll()
+        assert supervisor.current["executor", 1].name == "exec1r1" and not frozen.running
+        await supervisor.chaos("pause-bot")
+        paused = supervisor.current["bot", 1]
+        assert paused.paused_until is not None
+        await supervisor.stop(("bot", "executor"))  # a paused child is resumed to stop it
+    finally:
+        supervisor.kill_all()
+    assert supervisor.crashes == [] and paused.proc.returncode in (0, -signal.SIGTERM)
+    assert any("chaos: killed bot1; started bot1r1" in n for n in notes)
+    assert any("chaos: froze exec1" in n for n in notes)
+    assert any(n.startswith("chaos: paused bot1r1") for n in notes)
+    assert dict(supervisor.chaos_done) == {"kill-bot": 1, "kill-executor": 1, "pause-bot": 1}
+
+
+async def _registered(cache: Cache, count: int) -> bool:
+    return len(await cache.processes.list()) >= count
+
+
+async def test_a_frozen_executor_is_killed_once_it_holds_orders(
+    cache: Cache, config: DemoConfig, tmp_path: Path
+) -> None:
+    from tradecache.demo.runner import Demo, DemoOptions, _Run
+    from tradecache.demo.supervisor import Child
+
+    supervisor = Supervisor(config, tmp_path, lambda text: None)
+    sleeper = subprocess.Popen(["sleep", "60"])  # noqa: ASYNC220 - a stand-in, started at once
+    try:
+        frozen = Child("executor", 1, "exec1", sleeper, tmp_path / "exec1.log", kill_at=0.0)
+        frozen.kill_by = float("inf")
+        supervisor.current["executor", 1] = frozen
+        quiet = Console(file=io.StringIO())
+        run = _Run(
+            Demo(DemoOptions(), quiet, quiet), cache, config, Observer(cache, config), supervisor
+        )
+        await run._postpone_kills()  # no queue yet, so it holds nothing: later
+        assert frozen.kill_at > 0
+        frozen.kill_at = 0.0
+        await cache.client.xgroup_create(cache.keys.order_queue(), "executors", mkstream=True)
+        await run._postpone_kills()  # holds nothing yet: later
+        assert frozen.kill_at > 0
+        frozen.kill_at, frozen.kill_by = 0.0, 0.0
+        await run._postpone_kills()  # its deadline passed: now
+        assert frozen.kill_at == 0.0
+        await cache.orders.submit(order())
+        deliveries = cache.orders.consume("executors", "exec1", block=0)
+        await anext(deliveries)
+        await deliveries.aclose()
+        frozen.kill_by = float("inf")
+        await run._postpone_kills()  # it holds an order: now
+        assert frozen.kill_at == 0.0
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -80,7 +80,10 @@ class Bot:
         self._status_due = 0.0
 
     def report(self) -> dict[str, Any]:
-        """Heartbeat params: counters, markets held, open orders, latency percentiles (ms)."""
+        """Heartbeat params: counters, markets held, open orders, latency percentiles (ms).
+
+        Example: ``bot.report()['orders']``
+        """
         stats = self.cache.stats()
         latency = {
             op: [round(stats[op].p50_ms, 3), round(stats[op].p99_ms, 3)]
@@ -95,7 +98,10 @@ class Bot:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Trade until ``stop`` is set, then hand every claim back."""
+        """Trade until ``stop`` is set, then hand every claim back.
+
+        Example: ``await bot.run(stop)   # until stop.set()``
+        """
         while not stop.is_set():
             try:
                 await self.cycle()
@@ -107,7 +113,10 @@ class Bot:
             await self._release(grant)
 
     async def cycle(self) -> None:
-        """One decision round (see the module documentation)."""
+        """One decision round (see the module documentation).
+
+        Example: ``await bot.cycle()``
+        """
         for grant in list(self.grants.values()):
             if not grant.claim.held:
                 await self._end(grant, grant.last_verified, lost=True)
@@ -256,9 +265,8 @@ class Bot:
 
     async def _send(self, order: Order) -> None:
         entry = await self.cache.orders.submit(order)
-        market = int(order.id.split("-")[1])
-        if self.unsent.pop(market, None) is not None:
-            self.counts["orders"] += 1
+        del self.unsent[int(order.id.split("-")[1])]  # sent: counted once, however many tries
+        self.counts["orders"] += 1
         if self.rng.random() < _RETRY_SHARE:  # as if the reply had been lost: send it again
             again = await self.cache.orders.submit(order)
             self.counts["deduplicated" if again == entry else "duplicated"] += 1

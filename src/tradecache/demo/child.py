@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import signal
 import sys
 import traceback
@@ -100,12 +101,18 @@ async def run_role(role_name: str, name: str, config: DemoConfig) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``ROLE NAME CONFIG_JSON`` and run the role; returns the exit code."""
+    """Parse ``ROLE NAME CONFIG_JSON`` and run the role; returns the exit code.
+
+    Example: ``sys.exit(main(["feed", "feed", config.encode()]))``
+    """
     role, name, config = sys.argv[1:] if argv is None else argv
     if role not in ROLES:
         raise SystemExit(f"unknown role {role!r} (one of {', '.join(ROLES)})")
     # The parent stops children with SIGTERM; a stray SIGINT must not kill one half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGUSR1 dumps every thread's stack to the log: the parent does it before it kills a
+    # child that did not stop, so the kept log says where it hung.
+    faulthandler.register(signal.SIGUSR1)
     return asyncio.run(run_role(role, name, DemoConfig.decode(config)))
 
 

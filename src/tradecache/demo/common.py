@@ -100,23 +100,35 @@ class DemoConfig(msgspec.Struct, frozen=True, kw_only=True):
     seed: int | None = None
 
     def encode(self) -> str:
-        """This config as a JSON string."""
+        """This config as a JSON string.
+
+        Example: ``DemoConfig.decode(config.encode()) == config``
+        """
         return msgspec.json.encode(self).decode()
 
     @classmethod
     def decode(cls, text: str | bytes) -> DemoConfig:
-        """The config encoded by :meth:`encode`."""
+        """The config encoded by :meth:`encode`.
+
+        Example: ``config = DemoConfig.decode(sys.argv[3])``
+        """
         return msgspec.json.decode(text, type=cls)
 
     def markets(self) -> list[Market]:
-        """The ``symbols`` markets, coins spread over the exchanges in turn."""
+        """The ``symbols`` markets, coins spread over the exchanges in turn.
+
+        Example: ``[m.symbol for m in config.markets()]   # ['BTC/USDT', 'ETH/USDT', ...]``
+        """
         return [
             Market(i, EXCHANGES[i % len(EXCHANGES)], f"{coin}/{QUOTE}", coin, price)
             for i, (coin, price) in enumerate(COINS[: self.symbols])
         ]
 
     def settings(self) -> dict[str, Any]:
-        """Keyword arguments for ``Cache.connect`` shared by every process of the demo."""
+        """Keyword arguments for ``Cache.connect`` shared by every process of the demo.
+
+        Example: ``Cache.connect(config.url, **config.settings())``
+        """
         return {
             "namespace": self.namespace,
             "socket_timeout": self.socket_timeout,
@@ -127,7 +139,10 @@ class DemoConfig(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def connect(config: DemoConfig) -> Any:
-    """``Cache.connect`` for a demo process (await it or ``async with`` it)."""
+    """``Cache.connect`` for a demo process (await it or ``async with`` it).
+
+    Example: ``async with connect(config) as cache: ...``
+    """
     from ..cache import Cache
 
     return Cache.connect(config.url, **config.settings())
@@ -181,7 +196,10 @@ def lot(notional: Decimal, price: Decimal) -> Decimal:
 
 
 def signed_size(position: Position | None) -> Decimal:
-    """Contracts held, negative when short; 0 without a position."""
+    """Contracts held, negative when short; 0 without a position.
+
+    Example: ``signed_size(Position(symbol="X", side="short", contracts=Decimal(2)))  # -2``
+    """
     if position is None or not position.contracts:
         return Decimal(0)
     return -position.contracts if position.side is PositionSide.SHORT else position.contracts
@@ -245,6 +263,8 @@ def balances_for(
 
     Cash is ``initial + realized - cost of the open positions``; each coin's
     balance is the signed size held. ``bases`` maps symbol to coin.
+
+    Example: ``balances_for(await cache.accounts.positions("bot1"), Decimal(10000), bases)``
     """
     cash = initial_cash
     result = {}

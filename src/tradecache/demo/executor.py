@@ -48,7 +48,10 @@ class ExchangeDown(Exception):
 
 
 def breaker_options() -> dict[str, Any]:
-    """The configuration of the ``demo-exchange`` breaker (the parent watches it too)."""
+    """The configuration of the ``demo-exchange`` breaker (the parent watches it too).
+
+    Example: ``cache.breaker(BREAKER, **breaker_options())``
+    """
     return {"failure_threshold": 3, "window": 5.0, "reset_timeout": 1.0}
 
 
@@ -70,7 +73,10 @@ class Executor:
         )
 
     def report(self) -> dict[str, Any]:
-        """Heartbeat params: counters and latency percentiles (ms) of fills and acks."""
+        """Heartbeat params: counters and latency percentiles (ms) of fills and acks.
+
+        Example: ``executor.report()['filled']``
+        """
         stats = self.cache.stats()
         latency = {
             op: [round(stats[op].p50_ms, 3), round(stats[op].p99_ms, 3)]
@@ -80,7 +86,10 @@ class Executor:
         return {**self.counts, "latency": latency}
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Execute orders until ``stop`` is set; take over stuck orders now and then."""
+        """Execute orders until ``stop`` is set; take over stuck orders now and then.
+
+        Example: ``await executor.run(stop)   # until stop.set()``
+        """
         reclaim_due = 0.0
         while not stop.is_set():
             if time.monotonic() >= reclaim_due:
@@ -109,7 +118,13 @@ class Executor:
             return None
 
     async def handle(self, delivery: Delivery[Order]) -> bool:
-        """Fill one delivered order (at most once) and acknowledge it; False to retry later."""
+        """Fill one delivered order (at most once) and acknowledge it; False to retry later.
+
+        Example::
+
+            async for delivery in cache.orders.consume("executors", "exec1"):
+                await executor.handle(delivery)
+        """
         order = delivery.item
         ran = False
 

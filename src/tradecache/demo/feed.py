@@ -39,12 +39,14 @@ class _Walk:
         self.volume = 0.0
 
     def step(self) -> Ticker:
+        """Move the price one random step; the new ticker. Example: ``walk.step().last``"""
         self.price *= math.exp(self.rng.gauss(0.0, _VOLATILITY))
         self.high, self.low = max(self.high, self.price), min(self.low, self.price)
         self.volume += self.rng.uniform(0.1, 2.0)
         return self.ticker()
 
     def ticker(self) -> Ticker:
+        """The current ticker (no step). Example: ``await cache.tickers.set(walk.ticker())``"""
         p = self.price
         return Ticker(
             symbol=self.market.symbol,
@@ -75,7 +77,10 @@ class Feed:
         self.started = time.monotonic()
 
     def report(self) -> dict[str, Any]:
-        """Heartbeat params: updates written, the rate achieved, failed writes."""
+        """Heartbeat params: updates written, the rate achieved, failed writes.
+
+        Example: ``feed.report()['rate']``
+        """
         elapsed = max(time.monotonic() - self.started, 1e-9)
         return {
             "updates": self.updates,
@@ -84,12 +89,17 @@ class Feed:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Write tickers until ``stop`` is set."""
+        """Write tickers until ``stop`` is set.
+
+        Example: ``await feed.run(stop)   # until stop.set()``
+        """
         await self.cache.tickers.set_many([walk.ticker() for walk in self.walks])
         self.updates += len(self.walks)
         self.started = time.monotonic()
-        period = 0.1 if self.config.rate >= 10 else 1 / self.config.rate
-        per_period = self.config.rate * period
+        # At least one update per period: 10 periods a second, or one update per period.
+        period, per_period = (
+            (0.1, self.config.rate / 10) if self.config.rate >= 10 else (1 / self.config.rate, 1.0)
+        )
         credit = 0.0
         deadline = time.monotonic()
         while True:
@@ -102,11 +112,10 @@ class Feed:
             credit += per_period
             count = min(int(credit), len(self.walks))
             credit -= int(credit)
-            if count:
-                sample = self.rng.sample(self.walks, count)
-                try:
-                    await self.cache.tickers.set_many([walk.step() for walk in sample])
-                except TradecacheError:  # a lost round trip: the next ticks follow anyway
-                    self.errors += 1
-                    continue
-                self.updates += count
+            sample = self.rng.sample(self.walks, count)
+            try:
+                await self.cache.tickers.set_many([walk.step() for walk in sample])
+            except TradecacheError:  # a lost round trip: the next ticks follow anyway
+                self.errors += 1
+                continue
+            self.updates += count

@@ -45,7 +45,10 @@ class Monitor:
         self.errors = 0
 
     def report(self) -> dict[str, Any]:
-        """Heartbeat params: trades consumed, duplicates, health, volume per account."""
+        """Heartbeat params: trades consumed, duplicates, health, volume per account.
+
+        Example: ``monitor.report()['consumed']``
+        """
         return {
             "consumed": self.consumed,
             "duplicates": self.duplicates,
@@ -56,7 +59,10 @@ class Monitor:
         }
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run health checks and the ledger until ``stop`` is set."""
+        """Run health checks and the ledger until ``stop`` is set.
+
+        Example: ``await monitor.run(stop)   # until stop.set()``
+        """
         tasks = [asyncio.create_task(self._health(stop)), asyncio.create_task(self._ledger(stop))]
         try:
             await asyncio.gather(*tasks)
@@ -75,7 +81,10 @@ class Monitor:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     async def check_health(self) -> None:
-        """One health round: report newly stale processes, stop long-silent ones."""
+        """One health round: report newly stale processes, stop long-silent ones.
+
+        Example: ``await monitor.check_health()``
+        """
         report = await self.cache.processes.health(stale_after=self.config.stale_after)
         self.healthy = report.healthy
         stale = {p.component for p in report.stale}

@@ -51,7 +51,10 @@ class ClaimRecord:
 
 
 async def queue_state(cache: Any) -> tuple[int, int, int]:
-    """``(entries, delivered but not acked, not delivered yet)`` of the order queue."""
+    """``(entries, delivered but not acked, not delivered yet)`` of the order queue.
+
+    Example: ``entries, pending, undelivered = await queue_state(cache)``
+    """
     key = cache.keys.order_queue()
     length = int(await cache.client.xlen(key))
     groups = await cache.client.xinfo_groups(key) if length else []
@@ -84,7 +87,7 @@ class Observer:
         self.ids: dict[str, str] = {}  # process id per component
         self.on_note: Any = None  # called with each note too (the --no-ui printer)
         self.breaker = cache.breaker(BREAKER, **breaker_options())
-        self._started = time.monotonic()
+        self.started = time.monotonic()  # event times count from here (the runner resets it)
         self._tasks: list[asyncio.Task[None]] = []
         self._probe_seq = itertools.count(1)
         self._probe: tuple[int, asyncio.Future[None]] | None = None
@@ -94,7 +97,10 @@ class Observer:
     # --- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Subscribe (returns once subscribed) and start watching."""
+        """Subscribe (returns once subscribed) and start watching.
+
+        Example: ``await observer.start()``
+        """
         self._sub = await self.cache.events.subscribe(TOPIC, PROBE)
         self._tasks.append(asyncio.create_task(self._read()))
         for exchange in sorted({m.exchange for m in self.markets}):
@@ -103,7 +109,10 @@ class Observer:
         await self.breaker.sync()
 
     async def close(self) -> None:
-        """Stop watching; safe to call twice."""
+        """Stop watching; safe to call twice.
+
+        Example: ``await observer.close()``
+        """
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -114,8 +123,11 @@ class Observer:
         await self.cache.tickers.close()
 
     def note(self, text: str) -> None:
-        """Add a line (rich markup) to the recent events."""
-        self.recent.append(f"[dim]{time.monotonic() - self._started:6.1f}s[/] {text}")
+        """Add a line (rich markup) to the recent events.
+
+        Example: ``observer.note("chaos: killed bot2")``
+        """
+        self.recent.append(f"[dim]{time.monotonic() - self.started:6.1f}s[/] {text}")
         if self.on_note is not None:
             self.on_note(text)
 
@@ -138,7 +150,10 @@ class Observer:
             self.on_event(item.payload)
 
     def on_event(self, payload: dict[str, Any]) -> None:
-        """Apply one demo event (claim records, stale processes, errors)."""
+        """Apply one demo event (claim records, stale processes, errors).
+
+        Example: ``observer.on_event({"kind": "stale", "process": "bot2"})``
+        """
         kind = payload.get("kind")
         if kind in ("claim_start", "claim_end"):
             key = (int(payload["market"]), int(payload["fence"]))
@@ -165,9 +180,9 @@ class Observer:
         async for ticker in self.cache.tickers.watch(exchange):
             self.ticks += 1
             self.tickers[ticker.symbol] = ticker
-            if ticker.received is not None:
-                delay = time.time() - ticker.received.timestamp()
-                self.latency["ticker push"].record(max(delay, 0.0))
+            now = time.time()  # the store stamps `received` when it writes the ticker
+            sent = ticker.received.timestamp() if ticker.received else now
+            self.latency["ticker push"].record(max(now - sent, 0.0))
 
     def _on_breaker(self, transition: Any) -> None:
         self.note(
@@ -177,7 +192,10 @@ class Observer:
     # --- measurements --------------------------------------------------------------------------
 
     async def probe(self) -> None:
-        """One pub/sub round trip and one lock acquisition, timed into the latency panel."""
+        """One pub/sub round trip and one lock acquisition, timed into the latency panel.
+
+        Example: ``await observer.probe()``
+        """
         seq = next(self._probe_seq)
         done = asyncio.get_running_loop().create_future()
         self._probe = (seq, done)
@@ -193,7 +211,10 @@ class Observer:
             await lease.release()
 
     def percentiles(self) -> dict[str, tuple[float, float]]:
-        """``{label: (p50 ms, p99 ms)}``: the parent's probes and what the children reported."""
+        """``{label: (p50 ms, p99 ms)}``: the parent's probes and what the children reported.
+
+        Example: ``observer.percentiles()["lock acquire"]   # (0.4, 1.9)``
+        """
         result = {
             name: (h.percentile(50), h.percentile(99))
             for name, h in self.latency.items()
@@ -226,7 +247,10 @@ class Observer:
         stage: str = "running",
         chaos: bool = False,
     ) -> Snapshot:
-        """Read the system's state (about 10 round trips) into a dashboard snapshot."""
+        """Read the system's state (about 10 round trips) into a dashboard snapshot.
+
+        Example: ``snapshot = await observer.snapshot(12.5, ["bot1", "bot2"])``
+        """
         cache = self.cache
         claims, processes, queue, trades, books = await asyncio.gather(
             cache.bots.claims(),
@@ -316,7 +340,10 @@ class Observer:
         )
 
     async def final_params(self) -> dict[str, dict[str, Any]]:
-        """The last params of every process seen, stopped ones included (re-read from Redis)."""
+        """The last params of every process seen, stopped ones included (re-read from Redis).
+
+        Example: ``(await observer.final_params())["feed"]["updates"]``
+        """
         infos = await asyncio.gather(*(self.cache.processes.get(i) for i in self.ids.values()))
         for info in infos:
             if info is not None:
@@ -324,7 +351,10 @@ class Observer:
         return self.params
 
     async def trades_pushed(self, accounts: list[str]) -> int:
-        """How many trades the accounts' user-trade streams hold."""
+        """How many trades the accounts' user-trade streams hold.
+
+        Example: ``await observer.trades_pushed(["bot1", "bot2"])``
+        """
         if not accounts:
             return 0
         lengths = await asyncio.gather(

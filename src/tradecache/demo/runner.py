@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import ResponseError
 from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
@@ -127,6 +128,8 @@ def _sigint_blocked() -> Any:
 class Demo:
     """One run of the demo (see the module documentation)."""
 
+    _task: asyncio.Task[Any]  # the main task, cancelled by a second Ctrl-C
+
     def __init__(self, options: DemoOptions, console: Console, log: Console) -> None:
         self.options = options
         self.console = console
@@ -137,10 +140,12 @@ class Demo:
         self.live: Live | None = None
         self.keep_logs = False
         self._last_line = 0.0
-        self._task: asyncio.Task[Any] | None = None
 
     def say(self, text: str) -> None:
-        """Print a message (rich markup): above the dashboard, or as a log line."""
+        """Print a message (rich markup): above the dashboard, or as a log line.
+
+        Example: ``demo.say("[red]chaos[/]: killed bot2")``
+        """
         (self.console if self.live is not None else self.log).print(
             text, highlight=False, soft_wrap=True
         )
@@ -148,9 +153,12 @@ class Demo:
     # --- the whole run -------------------------------------------------------------------------
 
     async def main(self) -> int:
-        """Run, clean up, return the exit code."""
+        """Run, clean up, return the exit code.
+
+        Example: ``code = asyncio.run(Demo(options, console, log).main())``
+        """
         loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        self._task = asyncio.current_task()  # type: ignore[assignment]  # always in a task
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._interrupt)
         try:
@@ -170,7 +178,7 @@ class Demo:
         if self.interrupts == 1:
             self.stop.set()
             self.say("[yellow]stopping: draining and checking (Ctrl-C again to abort)[/]")
-        elif self._task is not None:
+        else:
             self._task.cancel()
 
     async def _run(self) -> int:
@@ -242,7 +250,10 @@ class Demo:
             shutil.rmtree(log_dir, ignore_errors=True)
 
     def show(self, snapshot: Any) -> None:
-        """Show a snapshot: redraw the dashboard, or print a line (at most once a second)."""
+        """Show a snapshot: redraw the dashboard, or print a line (at most once a second).
+
+        Example: ``demo.show(await observer.snapshot(elapsed, accounts))``
+        """
         if self.live is not None:
             self.live.update(render(snapshot), refresh=True)
             return
@@ -309,7 +320,7 @@ class _Run:
     async def execute(self) -> Summary:
         self.supervisor.start_all()
         await self._wait_ready()
-        self.started = time.monotonic()
+        self.started = self.observer.started = time.monotonic()
         self.stage = "running"
         await self._trade()
         self.stage = "stopping bots"
@@ -357,9 +368,12 @@ class _Run:
         the others must reclaim them: the point of that chaos action."""
         key = self.cache.keys.order_queue()
         for child in self.supervisor.doomed():
-            held = await self.cache.client.xpending_range(
-                key, ORDER_GROUP, "-", "+", 1, consumername=child.name
-            )
+            try:
+                held = await self.cache.client.xpending_range(
+                    key, ORDER_GROUP, "-", "+", 1, consumername=child.name
+                )
+            except ResponseError:  # NOGROUP: no executor has read the queue yet
+                held = []
             if not held and time.monotonic() < child.kill_by:
                 child.kill_at = time.monotonic() + 0.25
 

@@ -55,6 +55,7 @@ __all__ = [
 ]
 
 _SHOWN = 3  # problems listed per check
+_PAGE = 5_000  # queue entries read per round trip
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +79,18 @@ class Facts:
 
 
 async def gather(cache: Any, accounts: Iterable[str]) -> Facts:
-    """Read the order queue, every queued order's record, and each account's trades and book."""
+    """Read the order queue, every queued order's record, and each account's trades and book.
+
+    Example: ``facts = await gather(cache, ["bot1", "bot2"])``
+    """
     facts = Facts()
     key = cache.keys.order_queue()
     start = "-"
     while True:
-        batch = await cache.client.xrange(key, min=start, max="+", count=5_000)
+        batch = await cache.client.xrange(key, min=start, max="+", count=_PAGE)
         for _, fields in batch:
             facts.queued.append(cache.codec.decode(fields[FIELD.encode()], Order))
-        if len(batch) < 5_000:
+        if len(batch) < _PAGE:
             break
         last = batch[-1][0]
         start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
@@ -115,7 +119,10 @@ def _n(value: Decimal | None) -> str:
 
 
 def check_orders(facts: Facts) -> Check:
-    """Each queued order once in the queue, closed, fully filled, with exactly one trade."""
+    """Each queued order once in the queue, closed, fully filled, with exactly one trade.
+
+    Example: ``check_orders(facts).ok``
+    """
     name = "orders_executed_exactly_once"
     ids = Counter(o.client_order_id or o.id for o in facts.queued)
     trades = Counter(t.order for ts in facts.trades.values() for t in ts)
@@ -140,7 +147,10 @@ def check_orders(facts: Facts) -> Check:
 
 
 def check_accounts(facts: Facts, config: DemoConfig) -> Check:
-    """Every account's cash, coins and positions equal the sum of its fills."""
+    """Every account's cash, coins and positions equal the sum of its fills.
+
+    Example: ``check_accounts(facts, config).detail``
+    """
     name = "positions_match_fills"
     bases = {m.symbol: m.base for m in config.markets()}
     cash: dict[str, Decimal] = defaultdict(lambda: Decimal(config.initial_cash))
@@ -176,14 +186,20 @@ def check_accounts(facts: Facts, config: DemoConfig) -> Check:
 
 
 def check_trades(pushed: int, consumed: int, pending: int) -> Check:
-    """The ledger consumed (and acknowledged) every trade pushed."""
+    """The ledger consumed (and acknowledged) every trade pushed.
+
+    Example: ``check_trades(pushed=40, consumed=40, pending=0).ok   # True``
+    """
     ok = pushed == consumed and pending == 0
     detail = f"{pushed} pushed, {consumed} consumed, {pending} unacknowledged"
     return Check("trades_pushed_equal_consumed", ok, detail)
 
 
 def check_claims(claims: Mapping[tuple[int, int], ClaimRecord], facts: Facts, gaps: int) -> Check:
-    """No two bots held a market at the same time; every order was sent under its bot's claim."""
+    """No two bots held a market at the same time; every order was sent under its bot's claim.
+
+    Example: ``check_claims(observer.claims, facts, observer.gaps)``
+    """
     name = "claims_exclusive"
     if gaps:
         return Check(name, False, f"{gaps} claim records were missed: cannot verify")
@@ -224,7 +240,10 @@ def check_claims(claims: Mapping[tuple[int, int], ClaimRecord], facts: Facts, ga
 
 
 def check_processes(crashes: list[str]) -> Check:
-    """No child exited on its own, and every one stopped when asked."""
+    """No child exited on its own, and every one stopped when asked.
+
+    Example: ``check_processes(supervisor.crashes)``
+    """
     if crashes:
         return Check("processes_clean", False, _problems(crashes, len(crashes)))
     return Check("processes_clean", True, "no crash; every process stopped when asked")
@@ -241,11 +260,17 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        """True when every invariant holds."""
+        """True when every invariant holds.
+
+        Example: ``sys.exit(0 if summary.ok else 1)``
+        """
         return all(check.ok for check in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (``tradecache demo --json``)."""
+        """The JSON form (``tradecache demo --json``).
+
+        Example: ``summary.to_dict()["invariants"]["claims_exclusive"]["ok"]``
+        """
         return {
             "ok": self.ok,
             **self.info,
@@ -258,12 +283,18 @@ class Summary:
         }
 
     def to_json(self) -> str:
-        """:meth:`to_dict` as indented JSON."""
+        """:meth:`to_dict` as indented JSON.
+
+        Example: ``print(summary.to_json())``
+        """
         return json.dumps(self.to_dict(), indent=2, default=str)
 
 
 def render(summary: Summary) -> RenderableType:
-    """The summary for humans: a verdict, the invariants, the figures and latencies."""
+    """The summary for humans: a verdict, the invariants, the figures and latencies.
+
+    Example: ``Console().print(render(summary))``
+    """
     verdict = (
         "[bold green]all invariants hold[/]" if summary.ok else "[bold red]INVARIANT VIOLATED[/]"
     )

@@ -53,16 +53,25 @@ class Child:
 
     @property
     def pid(self) -> int:
-        """The OS process id."""
+        """The OS process id.
+
+        Example: ``os.kill(child.pid, signal.SIGSTOP)``
+        """
         return self.proc.pid
 
     @property
     def running(self) -> bool:
-        """True while the process exists (also while paused)."""
+        """True while the process exists (also while paused).
+
+        Example: ``if not child.running: ...``
+        """
         return self.proc.poll() is None
 
     def tail(self, lines: int = 5) -> str:
-        """The last ``lines`` lines of its log."""
+        """The last ``lines`` lines of its log.
+
+        Example: ``print(child.tail(5))``
+        """
         try:
             text = self.log.read_text(errors="replace")
         except OSError:
@@ -88,7 +97,10 @@ class Supervisor:
     # --- spawning ----------------------------------------------------------------------------
 
     def spawn(self, role: str, slot: int) -> Child:
-        """Start (or restart) the child of ``role`` number ``slot``; returns it."""
+        """Start (or restart) the child of ``role`` number ``slot``; returns it.
+
+        Example: ``supervisor.spawn("bot", 3)   # bot3 (bot3r1 the second time)``
+        """
         n = self.incarnations[role, slot]
         self.incarnations[role, slot] += 1
         name = _PREFIX[role] + (str(slot) if role in ("bot", "executor") else "")
@@ -111,7 +123,10 @@ class Supervisor:
         return child
 
     def start_all(self) -> None:
-        """Start the feed, the monitor, the executors and the bots."""
+        """Start the feed, the monitor, the executors and the bots.
+
+        Example: ``supervisor.start_all()``
+        """
         self.spawn("feed", 0)
         self.spawn("monitor", 0)
         for slot in range(1, self.config.executors + 1):
@@ -120,26 +135,41 @@ class Supervisor:
             self.spawn("bot", slot)
 
     def names(self, role: str | None = None) -> list[str]:
-        """Names of every child ever started (of ``role``), in start order."""
+        """Names of every child ever started (of ``role``), in start order.
+
+        Example: ``supervisor.names("bot")   # ['bot1', 'bot2', 'bot1r1']``
+        """
         return [c.name for c in self.everyone if role is None or c.role == role]
 
     def doomed(self) -> list[Child]:
-        """Frozen children (chaos) whose kill is due: the runner may postpone it once more."""
+        """Frozen children (chaos) whose kill is due: the runner may postpone it once more.
+
+        Example: ``for child in supervisor.doomed(): child.kill_at += 0.25``
+        """
         now = time.monotonic()
         return [c for c in self.current.values() if c.kill_at is not None and c.kill_at <= now]
 
     def alive(self) -> list[Child]:
-        """The current children that are running."""
+        """The current children that are running.
+
+        Example: ``len(supervisor.alive())``
+        """
         return [c for c in self.current.values() if c.running]
 
     def pids(self) -> list[int]:
-        """Process ids of every child ever started."""
+        """Process ids of every child ever started.
+
+        Example: ``all(not pid_alive(p) for p in supervisor.pids())``
+        """
         return [c.pid for c in self.everyone]
 
     # --- watching ----------------------------------------------------------------------------
 
     def poll(self) -> None:
-        """Resume paused children whose pause is over; record and replace crashed ones."""
+        """Resume paused children whose pause is over; record and replace crashed ones.
+
+        Example: ``supervisor.poll()   # every refresh``
+        """
         now = time.monotonic()
         for child in list(self.current.values()):
             if child.paused_until is not None and now >= child.paused_until:
@@ -168,6 +198,8 @@ class Supervisor:
         """Run one chaos action (the next one in :data:`CHAOS` by default); returns it.
 
         ``outage`` is left to the caller (it needs Redis): this only counts it.
+
+        Example: ``await supervisor.chaos("pause-bot")``
         """
         if action is None:
             action = CHAOS[self._chaos_next % len(CHAOS)]
@@ -212,7 +244,10 @@ class Supervisor:
     # --- stopping ----------------------------------------------------------------------------
 
     async def stop(self, roles: Iterable[str], grace: float = 15.0) -> None:
-        """SIGTERM the current children of ``roles`` (resumed first), wait, SIGKILL laggards."""
+        """SIGTERM the current children of ``roles`` (resumed first), wait, SIGKILL laggards.
+
+        Example: ``await supervisor.stop(("executor", "feed", "monitor"))``
+        """
         wanted = set(roles)
         children = [c for c in self.current.values() if c.role in wanted]
         for child in children:
@@ -221,25 +256,35 @@ class Supervisor:
                 if child.paused_until is not None or child.kill_at is not None:
                     self._resume(child)
                 child.proc.terminate()
-        deadline = time.monotonic() + grace
-        for child in children:
-            try:
-                left = max(deadline - time.monotonic(), 0.0)
-                code = await asyncio.to_thread(child.proc.wait, left)
-            except subprocess.TimeoutExpired:
+        codes = await asyncio.gather(*(_exit_code(c, grace) for c in children))
+        for child, code in zip(children, codes, strict=True):
+            if code is None:
                 self.crashes.append(f"{child.name} did not stop within {grace:g}s: killed")
+                os.kill(child.pid, signal.SIGUSR1)  # its stacks, into its log
+                await asyncio.sleep(0.2)
                 child.proc.kill()
-                code = await asyncio.to_thread(child.proc.wait)
+                await asyncio.to_thread(child.proc.wait)
             # -SIGTERM: stopped before it could install its handler, i.e. before it did anything.
-            if code not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            elif code not in (0, -signal.SIGTERM, -signal.SIGKILL):
                 tail = child.tail().replace("\n", " | ")
                 self.crashes.append(f"{child.name} stopped with code {code}: {tail}")
 
     def kill_all(self) -> None:
-        """SIGKILL every child still running and reap it (always safe to call)."""
+        """SIGKILL every child still running and reap it (always safe to call).
+
+        Example: ``supervisor.kill_all()``
+        """
         for child in self.everyone:
             child.expected = True
             if child.running:
                 child.proc.kill()
         for child in self.everyone:
             child.proc.wait()
+
+
+async def _exit_code(child: Child, grace: float) -> int | None:
+    """The child's exit code once it exits, or ``None`` if it is still running after ``grace``."""
+    try:
+        return await asyncio.to_thread(child.proc.wait, grace)
+    except subprocess.TimeoutExpired:
+        return None
