@@ -15,6 +15,7 @@ import pytest
 
 from tradecache import CircuitOpen, ConnectionLost, ValidationError
 from tradecache.coordination.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
+from tradecache.coordination.subscription import publish_command
 from tradecache.envelope import decode_envelope, encode_envelope
 from tradecache.testing import wait_until
 
@@ -62,6 +63,14 @@ async def until_probe_allowed(breaker: CircuitBreaker, fn=ok) -> None:
         return True
 
     await wait_until(attempt, timeout=10, interval=0.02)
+
+
+async def publish(cache: Any, channel: str, data: bytes) -> None:
+    """Publish the way breakers do: sharded pub/sub on a Cluster of Redis 7+."""
+    if publish_command(cache.context) == "SPUBLISH":
+        await cache.client.spublish(channel, data)
+    else:
+        await cache.client.publish(channel, data)
 
 
 # --- closed -> open ------------------------------------------------------------------------------
@@ -117,10 +126,10 @@ async def test_closed_hot_path_costs_no_round_trip(cache):
 
 
 async def test_failures_outside_the_window_do_not_count(cache):
-    breaker = cache.breaker("b", failure_threshold=3, window=0.3)
+    breaker = cache.breaker("b", failure_threshold=3, window=1.0)
     await failures(breaker, 2)
     started = time.monotonic()
-    await wait_until(lambda: time.monotonic() - started > 0.35)  # the window slides past them
+    await wait_until(lambda: time.monotonic() - started > 1.1)  # the window slides past them
     await failures(breaker, 2)
     assert breaker.state is CLOSED
     await failures(breaker, 1)
@@ -170,7 +179,7 @@ async def test_guarded_calls_run_concurrently(cache):
 
 
 async def test_probe_success_closes(cache):
-    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2)
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, probe_timeout=30)
     seen = recorder(breaker)
     await breaker.sync()
     await failures(breaker, 1)
@@ -185,7 +194,7 @@ async def test_probe_success_closes(cache):
 
 
 async def test_probe_failure_opens_again(cache):
-    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2)
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, probe_timeout=30)
     seen = recorder(breaker)
     await breaker.sync()
     await failures(breaker, 1)
@@ -198,7 +207,9 @@ async def test_probe_failure_opens_again(cache):
 
 
 async def test_success_threshold_needs_several_probes(cache):
-    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, success_threshold=3)
+    breaker = cache.breaker(
+        "b", failure_threshold=1, reset_timeout=0.2, probe_timeout=30, success_threshold=3
+    )
     await failures(breaker, 1)
     await until_probe_allowed(breaker)
     assert breaker.state is HALF_OPEN
@@ -209,7 +220,9 @@ async def test_success_threshold_needs_several_probes(cache):
 
 
 async def test_at_most_half_open_probes_at_once(cache):
-    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, half_open_probes=2)
+    breaker = cache.breaker(
+        "b", failure_threshold=1, reset_timeout=0.2, probe_timeout=30, half_open_probes=2
+    )
     await failures(breaker, 1)
     release = asyncio.Event()
     entered = 0
@@ -239,7 +252,7 @@ async def test_at_most_half_open_probes_at_once(cache):
 
 
 async def test_an_expired_probe_lease_frees_the_permit_and_its_outcome_is_ignored(cache):
-    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, probe_timeout=0.3)
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, probe_timeout=1.0)
     await failures(breaker, 1)
     stuck = asyncio.Event()
     release = asyncio.Event()
@@ -336,8 +349,8 @@ async def test_batched_successes_flush_on_their_own(cache):
 
 async def test_every_process_learns_transitions_by_push(cache, cache_factory):
     other = await cache_factory()
-    mine = cache.breaker("b", failure_threshold=2, reset_timeout=0.2)
-    theirs = other.breaker("b", failure_threshold=2, reset_timeout=0.2)
+    mine = cache.breaker("b", failure_threshold=2, reset_timeout=0.2, probe_timeout=30)
+    theirs = other.breaker("b", failure_threshold=2, reset_timeout=0.2, probe_timeout=30)
     seen_mine, seen_theirs = recorder(mine), recorder(theirs)
     await mine.sync()
     await theirs.sync()
@@ -418,7 +431,7 @@ async def test_malformed_transition_messages_are_ignored(cache, caplog):
     channel = cache.keys.breaker_channel("b")
     bad = encode_envelope("breaker", "b", 1, 0, b'{"nonsense": true}')
     with caplog.at_level(logging.WARNING, logger="tradecache.breaker"):
-        await cache.client.publish(channel, bad)
+        await publish(cache, channel, bad)
         await wait_until(lambda: "malformed transition" in caplog.text)
     assert seen == []
     assert breaker.state is CLOSED
@@ -432,7 +445,7 @@ async def test_a_transition_lost_beyond_the_log_is_a_gap(cache, caplog):
     payload = f'{{"state":"closed","previous":"open","reason":"forced","epoch":"{epoch}"}}'
     jump = encode_envelope("breaker", "b", 5, int(time.time() * 1000), payload.encode())
     with caplog.at_level(logging.WARNING, logger="tradecache.breaker"):
-        await cache.client.publish(channel, jump)
+        await publish(cache, channel, jump)
         await wait_until(lambda: "were missed" in caplog.text)
     assert breaker.seq == 5
     assert not breaker._synced  # the next call re-reads the state
@@ -713,7 +726,9 @@ async def test_outage_during_a_probe_and_a_flush(redis_server_factory):
 
     server = redis_server_factory(port=0)
     async with Cache.connect(server.url, namespace="fb") as cache:
-        breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, redis_backoff=60)
+        breaker = cache.breaker(
+            "b", failure_threshold=1, reset_timeout=0.2, probe_timeout=30, redis_backoff=60
+        )
         await failures(breaker, 1)
         gate = asyncio.Event()
         entered = asyncio.Event()
@@ -747,7 +762,9 @@ async def test_recovery_is_not_started_twice(redis_server_factory):
     from tradecache import Cache
 
     server = redis_server_factory(port=0)
-    async with Cache.connect(server.url, namespace="fb", socket_timeout=0.3) as cache:
+    async with Cache.connect(
+        server.url, namespace="fb", socket_timeout=1.0, retry_attempts=0
+    ) as cache:
         breaker = cache.breaker("b", redis_backoff=0.05)
         await breaker.sync()
         server.pause()
@@ -767,7 +784,7 @@ async def test_recovery_is_not_started_twice(redis_server_factory):
 
 
 async def test_a_stale_view_is_corrected_by_the_server(cache):
-    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2)
+    breaker = cache.breaker("b", failure_threshold=1, reset_timeout=0.2, probe_timeout=30)
     await breaker.sync()
     await breaker.trip()
     await wait_until(lambda: breaker._deadline <= time.monotonic())
@@ -882,24 +899,24 @@ async def test_sixteen_processes_share_one_breaker(cache):
     from helpers.coordination_workers import CTX, breaker_worker, processes, receive
 
     name, n = "exchange", 16
-    options = {"failure_threshold": 5, "window": 60, "reset_timeout": 1.0}
+    options = {"failure_threshold": 5, "window": 60, "reset_timeout": 1.0, "probe_timeout": 10}
     go, stop, report = CTX.Event(), CTX.Event(), CTX.Event()
     results: multiprocessing.Queue[Any] = CTX.Queue()
     args = (cache.settings.url, cache.settings.namespace, name, options, go, stop, report, results)
     state_key = cache.keys.breaker(name)
     with processes(breaker_worker, [args] * n) as procs:
-        assert len(await receive(results, n, 60, procs)) == n  # all subscribed
+        assert len(await receive(results, n, 300, procs)) == n  # all subscribed
         go.set()
 
         async def cycles_done() -> bool:
             seq = await cache.client.hget(state_key, "seq")
             return seq is not None and int(seq) >= 5  # open, half-open, open, half-open, open
 
-        await wait_until(cycles_done, timeout=60, interval=0.05)
+        await wait_until(cycles_done, timeout=300, interval=0.05)
         stop.set()
-        await receive(results, n, 60, procs)
+        await receive(results, n, 300, procs)
         report.set()
-        reports = await receive(results, n, 60, procs)
+        reports = await receive(results, n, 300, procs)
 
     log = [
         decode_envelope(raw)
@@ -945,10 +962,10 @@ async def test_sixteen_processes_keep_tripping_with_redis_stopped(redis_server_f
     go = CTX.Event()
     results: multiprocessing.Queue[Any] = CTX.Queue()
     with processes(fallback_worker, [(server.url, "b", options, go, results)] * n) as procs:
-        await receive(results, n, 60, procs)
+        await receive(results, n, 300, procs)
         server.stop()
         go.set()
-        done = await receive(results, n, 60, procs)
+        done = await receive(results, n, 300, procs)
     for _, pid, hits, outcome, fallback, slowest in done:
         assert (hits, outcome, fallback) == (threshold, "open", True), pid
         assert slowest < 1.0, pid  # the added latency of finding Redis gone is bounded

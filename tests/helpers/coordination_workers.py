@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal
 from typing import Any
 
-from tradecache import Cache, CircuitOpen, InProgress, WaitTimeout
+from tradecache import Cache, CircuitOpen, ConnectionLost, InProgress, WaitTimeout
 from tradecache.scripts import Script
 from tradecache.testing import wait_until
 
@@ -93,6 +93,21 @@ async def wait_event(event: Any) -> None:
         pass
 
 
+async def connect(url: str, namespace: str) -> Cache:
+    """Connect, retrying for a while: on a loaded CI host a Cluster may answer slowly."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            # Generous timeouts: 32 processes on a loaded 2-core host answer slowly.
+            return await Cache.connect(
+                url, namespace=namespace, connect_timeout=5.0, socket_timeout=5.0
+            )
+        except ConnectionLost:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)  # retry backoff
+
+
 def _run(coro_fn: Callable[..., Any], *args: Any) -> None:
     results = args[-1]
     try:
@@ -120,7 +135,7 @@ async def _breaker_worker(
     report: Any,
     results: Any,
 ) -> None:
-    async with Cache.connect(url, namespace=namespace) as cache:
+    async with await connect(url, namespace) as cache:
         breaker = cache.breaker(name, **options)
         seen: list[tuple[int | None, str, str, str, bool]] = []
         breaker.on_change(
@@ -150,7 +165,7 @@ async def _breaker_worker(
         # Every transition made so far must reach this process's listeners exactly once.
         await breaker.sync()
         with contextlib.suppress(WaitTimeout):  # the test reports what is missing
-            await wait_until(lambda: seen and seen[-1][0] == breaker.seq, timeout=10)
+            await wait_until(lambda: seen and seen[-1][0] == breaker.seq, timeout=120)
         results.put(("report", os.getpid(), seen, str(breaker.state), rejected))
 
 
@@ -162,7 +177,7 @@ def fallback_worker(*args: Any) -> None:
 async def _fallback_worker(
     url: str, name: str, options: dict[str, Any], go: Any, results: Any
 ) -> None:
-    async with Cache.connect(url, namespace="fallback") as cache:
+    async with await connect(url, "fallback") as cache:
         breaker = cache.breaker(name, **options)
         await breaker.sync()
         results.put(("ready", os.getpid()))
@@ -216,8 +231,8 @@ def submit_worker(*args: Any) -> None:
 async def _submit_worker(
     url: str, namespace: str, counter: str, index: int, go: Any, results: Any
 ) -> None:
-    async with Cache.connect(url, namespace=namespace) as cache:
-        idem = cache.idempotency("orders", in_flight_ttl=5)
+    async with await connect(url, namespace) as cache:
+        idem = cache.idempotency("orders", in_flight_ttl=30)
         await cache.ping()
         results.put(("ready", os.getpid()))
         await wait_event(go)
@@ -230,7 +245,7 @@ async def _submit_worker(
             await asyncio.sleep(0.2)  # the exchange takes its time: duplicates find it in flight
             return {"exchangeId": "ex-42", "by": str(os.getpid())}
 
-        wait = 10.0 if index % 2 else None  # half of them wait for the result
+        wait = 120.0 if index % 2 else None  # half of them wait for the result
         try:
             result = await idem.run(order_content(index), submit, wait=wait)
         except InProgress:
@@ -247,7 +262,7 @@ def executor_worker(*args: Any) -> None:
 async def _executor_worker(
     url: str, namespace: str, counter: str, in_flight_ttl: float, results: Any
 ) -> None:
-    async with Cache.connect(url, namespace=namespace) as cache:
+    async with await connect(url, namespace) as cache:
         idem = cache.idempotency("orders", in_flight_ttl=in_flight_ttl)
 
         async def submit() -> str:
@@ -267,7 +282,7 @@ def retry_worker(*args: Any) -> None:
 async def _retry_worker(
     url: str, namespace: str, counter: str, in_flight_ttl: float, index: int, results: Any
 ) -> None:
-    async with Cache.connect(url, namespace=namespace) as cache:
+    async with await connect(url, namespace) as cache:
         idem = cache.idempotency("orders", in_flight_ttl=in_flight_ttl)
         started: list[float] = []
 
@@ -277,5 +292,5 @@ async def _retry_worker(
             await asyncio.sleep(0.1)
             return "placed-by-retry"
 
-        result = await idem.run(order_content(index), submit, wait=in_flight_ttl * 10)
+        result = await idem.run(order_content(index), submit, wait=120)
         results.put(("retried", os.getpid(), result, started[0] if started else None))

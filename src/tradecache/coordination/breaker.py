@@ -213,11 +213,18 @@ class BreakerConfig:
 
     @property
     def probe_lease(self) -> float:
-        """Lease of a trial-call permit, in seconds."""
+        """Lease of a trial-call permit, in seconds.
+
+        Example: ``BreakerConfig(reset_timeout=10).probe_lease == 10``
+        """
         return self.reset_timeout if self.probe_timeout is None else self.probe_timeout
 
     def trips(self, failures: int, calls: int) -> bool:
-        """True when ``failures`` out of ``calls`` in the window open the breaker."""
+        """True when ``failures`` out of ``calls`` in the window open the breaker.
+
+        The same rule as the Lua script (exact integer arithmetic for rates).
+        Example: ``BreakerConfig(failure_rate=0.5, minimum_calls=4).trips(2, 4)  # True``
+        """
         if self.failure_rate is None:
             return failures >= self.failure_threshold
         return (
@@ -495,7 +502,10 @@ class CircuitBreaker:
 
     @property
     def seq(self) -> int:
-        """Sequence number of the last shared transition seen (``-1``: none yet)."""
+        """Sequence number of the last shared transition seen (``-1``: never synced).
+
+        Example: ``log.info("breaker %s at transition %d", breaker.name, breaker.seq)``
+        """
         return self._seq
 
     def on_change(self, listener: Listener) -> Callable[[], None]:
