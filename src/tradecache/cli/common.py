@@ -60,7 +60,10 @@ class ExtraFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        """The message, then the extra fields in the order they were given."""
+        """The message, then the extra fields in the order they were given.
+
+        Example: ``handler.setFormatter(ExtraFormatter("%(name)s: %(message)s"))``
+        """
         text = super().format(record)
         extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         if not extra:

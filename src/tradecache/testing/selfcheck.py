@@ -125,17 +125,20 @@ class Report:
 
     @property
     def counted(self) -> list[Check]:
-        """The checks that ran (not skipped)."""
+        """The checks that ran (not skipped). Example: ``len(report.counted)``"""
         return [check for check in self.checks if not check.skipped]
 
     @property
     def failures(self) -> list[Check]:
-        """The checks that failed."""
+        """The checks that failed. Example: ``[c.name for c in report.failures]``"""
         return [check for check in self.checks if not check.ok]
 
     @property
     def ok(self) -> bool:
-        """True when every check that ran passed (warnings do not count)."""
+        """True when every check that ran passed (warnings do not count).
+
+        Example: ``raise SystemExit(0 if report.ok else 1)``
+        """
         return bool(self.checks) and not self.failures
 
     @property
