@@ -47,7 +47,8 @@ reply of the process that made the transition) are dropped by sequence number,
 and a gap (a lost message, a reconnect) is backfilled from the log.
 
 **Cost when closed** (Redis round trips per guarded call, measured by
-``benchmarks/bench_breaker.py``; ``breaker.redis_calls`` counts them):
+``benchmarks/bench_breaker.py``; ``breaker.redis_calls`` counts the round trips
+of calls and admin methods, not the push subscription's own reads):
 
 * the check is free: the state comes from the pushed local view;
 * a success costs 0 round trips with the count policy (successes do not change
@@ -405,7 +406,8 @@ class CircuitBreaker:
 
     Build it with ``cache.breaker(name, ...)`` (see the module documentation
     for the semantics). Use it as ``async with breaker:`` or
-    ``await breaker.call(fn, *args, **kwargs)``.
+    ``await breaker.call(fn, *args, **kwargs)``. ``redis_calls`` counts the
+    round trips its calls and admin methods made (for measurements and tests).
 
     Example::
 
@@ -845,7 +847,6 @@ class CircuitBreaker:
 
     async def _positions(self, topics: Sequence[str]) -> dict[str, tuple[int, int]]:
         # The newest logged transition: where this process's listeners start.
-        self.redis_calls += 1
         with _translate():
             newest = await self._client.lindex(self._keys[3], -1)
         try:
@@ -855,7 +856,6 @@ class CircuitBreaker:
         return {} if envelope is None else {self.name: (envelope.seq, envelope.time)}
 
     async def _backfill(self, topic: str, first: int, last: int | None) -> list[bytes]:
-        self.redis_calls += 1
         with _translate():
             entries: list[bytes] = await self._client.lrange(self._keys[3], 0, -1)  # type: ignore[assignment]
         return entries  # the subscription keeps the ones it misses, in order
