@@ -24,6 +24,10 @@ from ..server import (
     find_redis_server,
     reap_stale,
 )
+from .bench import bench
+from .check import check
+from .common import LogLevel, configure_logging
+from .top import top
 
 __all__ = ["app"]
 
@@ -34,6 +38,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _options(
+    ctx: typer.Context,
+    log_level: Annotated[
+        LogLevel,
+        typer.Option(
+            "--log-level",
+            envvar="TRADECACHE_LOG_LEVEL",
+            case_sensitive=False,
+            help="Show tradecache's log records from this level on (rich, on stderr).",
+        ),
+    ] = LogLevel.WARNING,
+) -> None:
+    """tradecache: shared trading state on Redis. Operator tools."""
+    ctx.call_on_close(configure_logging(log_level))
 
 
 def _console(stderr: bool = False) -> Console:
@@ -99,29 +120,60 @@ def _not_yet(command: str) -> NoReturn:
 
 
 @app.command()
-def demo() -> None:
-    """A simulated trading system on one Redis, with a live dashboard (not yet)."""
-    _not_yet("demo")
-
-
-@app.command()
-def check(
-    url: Annotated[str | None, typer.Argument(help="Redis URL (default: embedded).")] = None,
-    json: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+def demo(
+    url: Annotated[
+        str | None,
+        typer.Option("--url", help="Use this Redis (a fresh namespace, deleted at the end)."),
+    ] = None,
+    cluster: Annotated[
+        bool, typer.Option("--cluster", help="Embedded Redis Cluster of 3 masters.")
+    ] = False,
+    duration: Annotated[
+        float | None,
+        typer.Option("--duration", min=0.1, help="Seconds to run (default: until Ctrl-C)."),
+    ] = None,
+    bots: Annotated[int, typer.Option("--bots", min=1, max=50, help="Trading bots.")] = 4,
+    executors: Annotated[
+        int, typer.Option("--executors", min=1, max=20, help="Order executors.")
+    ] = 2,
+    rate: Annotated[
+        float, typer.Option("--rate", min=0.1, max=5000, help="Ticker updates per second.")
+    ] = 50.0,
+    symbols: Annotated[
+        int, typer.Option("--symbols", min=1, max=24, help="Markets (spread over 3 exchanges).")
+    ] = 20,
+    chaos: Annotated[
+        bool,
+        typer.Option("--chaos", help="Pause or kill bots and executors, take the exchange down."),
+    ] = False,
+    chaos_every: Annotated[
+        float, typer.Option("--chaos-every", min=0.2, help="Seconds between chaos actions.")
+    ] = 2.0,
+    no_ui: Annotated[bool, typer.Option("--no-ui", help="Plain log lines, no dashboard.")] = False,
+    json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the price walks.")] = None,
 ) -> None:
-    """Run the self-check suite against a server (not yet)."""
-    _not_yet("check")
+    """A simulated trading system on one Redis, with a live dashboard and checked invariants."""
+    from ..demo.runner import DemoOptions, run_demo
+
+    options = DemoOptions(
+        url=url,
+        cluster=cluster,
+        duration=duration,
+        bots=bots,
+        executors=executors,
+        rate=rate,
+        symbols=symbols,
+        chaos=chaos,
+        chaos_every=chaos_every,
+        ui=not no_ui,
+        json=json,
+        seed=seed,
+    )
+    raise typer.Exit(run_demo(options))
 
 
-@app.command()
-def bench() -> None:
-    """This library against raw redis-py on the same server, as ratios (not yet)."""
-    _not_yet("bench")
-
-
-@app.command()
-def top(
-    url: Annotated[str | None, typer.Argument(help="Redis URL (default: $REDIS_URL).")] = None,
-) -> None:
-    """A live view of a deployment (not yet)."""
-    _not_yet("top")
+# check, bench and top live in their own modules (cli/check.py, cli/bench.py, cli/top.py).
+app.command()(check)
+app.command()(bench)
+app.command()(top)
