@@ -183,15 +183,20 @@ async def test_memory_and_eviction_warnings_do_not_fail(redis_server_factory: An
     server: RedisServer = redis_server_factory()
     client = server.client()
     used = int(client.info("memory")["used_memory"])
-    client.config_set("maxmemory", str(int(used / 0.81)))  # warns above 80 %
+    client.config_set("maxmemory", str(used + 16 * 2**20))  # room for the checks' writes
     client.config_set("maxmemory-policy", "allkeys-lru")
-    client.close()
     report = await selfcheck.run(server.url, load=20, concurrency=1)
     assert report.ok, report.to_json()
     assert any("allkeys-lru may evict locks" in warning for warning in report.warnings)
-    assert any(warning.startswith("memory at ") for warning in report.warnings)
     memory = next(check for check in report.checks if check.name == "memory")
     assert "policy allkeys-lru" in memory.detail and "maxmemory " in memory.detail
+
+    # Nearly full: the memory check warns (the writes after it may well fail: not asserted).
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", str(int(used / 0.81)))
+    client.close()
+    report = await selfcheck.run(server.url, load=20, concurrency=1)
+    assert any(warning.startswith("memory at ") for warning in report.warnings)
 
 
 def test_run_sync(redis_url: str) -> None:
