@@ -410,10 +410,6 @@ class Keys:
         """Record of idempotency ``key`` in ``scope``: one key, its own slot."""
         return self.key("idem", validate_part(scope, "scope") + ":" + validate_part(key, "key"))
 
-    def idempotency_channel(self, scope: str, key: str) -> str:
-        """Channel announcing that the record of ``key`` in ``scope`` completed or was released."""
-        return self.channel("idem", validate_part(scope, "scope") + ":" + validate_part(key, "key"))
-
     # --- coordination: events (coordination/events.py) -------------------------------------
 
     def events(self, topic: str) -> str:
