@@ -20,6 +20,7 @@ from helpers.locking import (
     check_exclusive,
     processes,
     receive,
+    receive_from,
 )
 from tradecache.errors import Claimed, LockLost, ValidationError
 from tradecache.models import BotStatus
@@ -80,7 +81,7 @@ async def test_a_waiting_bot_gets_the_claim_on_release(cache):
     bots = cache.bots
     first = await bots.claim("binance", "BTC/USDT", "bot-1", ttl=30)
     waiter = asyncio.create_task(bots.claim("binance", "BTC/USDT", "bot-2", wait=20).__aenter__())
-    await wait_until(lambda: cache.locks.hub.channels == 1, timeout=5)
+    await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=5)
     started = time.monotonic()
     await first.release()
     second = await asyncio.wait_for(waiter, 10)
@@ -308,20 +309,18 @@ async def test_ten_processes_race_for_one_symbol(cache):
 @pytest.mark.slow
 async def test_killed_holder_is_replaced_within_ttl(cache):
     bots_n, ttl = 10, 1.0
-    results = SPAWN.Queue()
-    args = [
-        (cache.settings.url, cache.keys.namespace, f"bot-{i}", ttl, results) for i in range(bots_n)
-    ]
-    with processes(bot_holder, args) as procs:
-        ((bot, pid, fence, _),) = await asyncio.to_thread(receive, results, 1, 120, procs)
+    pipes = [SPAWN.Pipe(duplex=False) for _ in range(bots_n)]
+    where = (cache.settings.url, cache.keys.namespace)
+    args = [(*where, f"bot-{i}", ttl, pipes[i][1]) for i in range(bots_n)]
+    readers = [reader for reader, _ in pipes]
+    with processes(bot_holder, args):
+        bot, pid, fence, _ = await asyncio.to_thread(receive_from, readers, 120)
         fences = [fence]
         for _ in range(3):  # kill three holders in a row
             assert await cache.bots.holder("binance", "ETH/USDT") == bot
             os.kill(pid, signal.SIGKILL)
             killed = time.monotonic()
-            ((successor, pid, fence, acquired),) = await asyncio.to_thread(
-                receive, results, 1, 120, procs
-            )
+            successor, pid, fence, acquired = await asyncio.to_thread(receive_from, readers, 60)
             assert successor != bot
             assert acquired - killed <= ttl + 1.0  # the dead bot's claim expired, pushed on
             fences.append(fence)

@@ -21,7 +21,7 @@ from helpers.locking import (
     stale_holder,
 )
 from tradecache import Cache
-from tradecache.coordination.lock import Lease, LockManager, _Link
+from tradecache.coordination.lock import Lease, LockManager, _Link, _Waiter
 from tradecache.errors import ConnectionLost, LockLost, ValidationError, WaitTimeout
 from tradecache.server import RedisServer
 from tradecache.testing import wait_until
@@ -105,7 +105,7 @@ async def test_bounded_wait_raises_wait_timeout(cache):
         with pytest.raises(TimeoutError):  # WaitTimeout is a TimeoutError
             async with cache.lock("bounded", wait=0.05):
                 pass  # pragma: no cover
-    assert cache.locks.hub.channels == 0  # every waiter unsubscribed
+    assert cache.locks.hub.waiting == 0  # every waiter left
 
 
 async def test_waiter_is_woken_by_the_release(cache):
@@ -113,7 +113,7 @@ async def test_waiter_is_woken_by_the_release(cache):
     lock = cache.lock("push", ttl=30)
     holder = await lock.acquire()
     waiter = asyncio.create_task(lock.acquire(wait=20))
-    await wait_until(lambda: cache.locks.hub.channels == 1, timeout=5)
+    await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=5)
     await asyncio.sleep(0.05)  # the waiter is subscribed; let it reach its wait
     started = time.monotonic()
     assert await holder.release()
@@ -133,13 +133,46 @@ async def test_many_waiters_share_one_subscription(cache):
             order.append((i, lease.fence))
 
     tasks = [asyncio.create_task(worker(i)) for i in range(8)]
-    await wait_until(lambda: cache.locks.hub.channels == 1, timeout=5)
+    await wait_until(lambda: cache.locks.hub.waiting == 8, timeout=5)
+    assert cache.locks.hub.channels == 1
     await first.release()
     await asyncio.wait_for(asyncio.gather(*tasks), 20)
     fences = [fence for _, fence in order]
     assert len(order) == 8 and fences == sorted(fences)
-    assert cache.locks.hub.channels == 0
+    assert cache.locks.hub.waiting == 0
     assert cache.locks.hub.connects == 1  # one shared pub/sub connection
+
+
+async def test_a_process_that_waited_before_queues_on_its_first_try(cache):
+    """The subscription outlives the wait: the next contended acquire saves a round trip."""
+    lock = cache.lock("warm", ttl=30)
+    hub = cache.locks.hub
+    for _ in range(2):
+        holder = await lock.acquire()
+        waiter = asyncio.create_task(lock.acquire(wait=20))
+        await wait_until(lambda: cache.client.zcard(lock.spec.queue), timeout=5)  # queued
+        await holder.release()
+        await (await asyncio.wait_for(waiter, 10)).release()
+        assert hub.waiting == 0 and hub.channels == 1  # still subscribed
+        assert hub.live(lock.spec.channel)
+    assert hub.connects == 1
+    async with lock:  # uncontended, with a live subscription: still granted at once
+        pass
+
+
+async def test_idle_subscriptions_are_bounded(cache):
+    hub = cache.locks.hub
+    hub.max_idle = 2
+    for name in ("i1", "i2", "i3", "i4"):
+        lock = cache.lock(name, ttl=30)
+        holder = await lock.acquire()
+        waiter = asyncio.create_task(lock.acquire(wait=20))
+        await wait_until(lambda lock=lock: cache.client.zcard(lock.spec.queue), timeout=5)
+        await holder.release()
+        await (await asyncio.wait_for(waiter, 10)).release()
+    assert hub.channels == 2  # the two least recently used were unsubscribed
+    assert hub.live(cache.keys.lock_channel("i4"))
+    assert not hub.live(cache.keys.lock_channel("i1"))
 
 
 async def test_a_crashed_holder_expires_and_the_waiter_gets_it(cache):
@@ -154,7 +187,7 @@ async def test_a_crashed_holder_expires_and_the_waiter_gets_it(cache):
 
 async def test_two_tasks_sharing_one_lock_object_cannot_release_each_other(cache):
     """redis-py's asyncio Lock fails this (its token is thread-local, shared by tasks)."""
-    lock = cache.lock("shared", ttl=0.3, renew=False)
+    lock = cache.lock("shared", ttl=1.0, renew=False)
     a_inside = asyncio.Event()
     b_has_it = asyncio.Event()
 
@@ -222,8 +255,8 @@ async def test_validation(cache):
 
 
 async def test_renewal_keeps_a_lease_past_its_ttl(cache):
-    async with cache.lock("renewed", ttl=0.3) as lease:
-        await asyncio.sleep(1.0)  # the point: 3 TTLs
+    async with cache.lock("renewed", ttl=1.0) as lease:
+        await asyncio.sleep(2.5)  # the point: 2.5 TTLs
         assert lease.held
         holder = await cache.lock("renewed").holder()
         assert holder is not None and holder.fence == lease.fence
@@ -306,6 +339,14 @@ async def test_explicit_renew(cache):
         await lease.renew()
 
 
+async def test_renewing_by_hand_keeps_the_watchdog(cache):
+    lease = await cache.lock("both", ttl=1.0).acquire()
+    await lease.renew()  # before the watchdog's first renewal
+    await asyncio.sleep(2.5)  # the watchdog still renews
+    assert lease.held
+    assert await lease.release()
+
+
 async def test_a_renewal_answered_after_the_deadline_does_not_revive_the_lease(cache):
     """The deadline timer runs before the late reply is read: the lease stays lost."""
     lease = await cache.lock("late", ttl=0.2, renew=False).acquire()
@@ -318,7 +359,7 @@ async def test_a_renewal_answered_after_the_deadline_does_not_revive_the_lease(c
 
 
 async def test_one_lock_object_nested_in_one_task_pairs_each_exit_with_its_lease(cache):
-    lock = cache.lock("nested", ttl=0.2, renew=False)
+    lock = cache.lock("nested", ttl=0.5, renew=False)
 
     async def nested():
         async with lock as outer:
@@ -419,7 +460,7 @@ async def test_cancelled_contended_acquire_never_strands_the_lock(cache):
             await lease.release()
         await settled(cache)
         assert not await lock.locked(), f"stranded after cancellation at step {steps}"
-        assert cache.locks.hub.channels == 0
+        assert cache.locks.hub.waiting == 0
 
 
 async def test_cancelled_release_still_releases(cache):
@@ -452,21 +493,21 @@ async def test_timeout_around_a_blocked_acquire(cache):
                 await lock.acquire()
     await settled(cache)
     assert not await lock.locked()
-    assert cache.locks.hub.channels == 0
+    assert cache.locks.hub.waiting == 0
 
 
 # --- connection faults (on the shared servers: CLIENT KILL only touches our connections) -------
 
 
 async def test_killed_renewal_connection_reconnects(cache):
-    async with cache.lock("kill-renew", ttl=0.6) as lease:
+    async with cache.lock("kill-renew", ttl=1.5) as lease:
         await wait_until(lambda: client_ids(cache, f"lock-renew:{cache.locks.id}"), timeout=5)
         for _ in range(4):
             assert await kill_clients(cache, f"lock-renew:{cache.locks.id}") >= 1
             await wait_until(
                 lambda: client_ids(cache, f"lock-renew:{cache.locks.id}"), timeout=5
             )  # renewed again
-        await asyncio.sleep(0.6)
+        await asyncio.sleep(1.5)
         assert lease.held  # every kill was survived by the next renewal
 
 
@@ -474,7 +515,7 @@ async def test_killed_wakeup_connection_still_wakes_waiters(cache):
     lock = cache.lock("kill-wake", ttl=30)
     holder = await lock.acquire()
     waiter = asyncio.create_task(lock.acquire(wait=20))
-    await wait_until(lambda: cache.locks.hub.channels == 1, timeout=5)
+    await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=5)
     await wait_until(lambda: client_ids(cache, f"lock-wake:{cache.locks.id}"), timeout=5)
     assert await kill_clients(cache, f"lock-wake:{cache.locks.id}") == 1
     await wait_until(lambda: cache.locks.hub.connects >= 2, timeout=5)  # resubscribed
@@ -527,45 +568,92 @@ async def test_wakeups_for_other_waiters_are_ignored(cache):
     await lease.release()
 
 
+async def test_a_waiter_leaving_hands_its_wakeup_on(cache):
+    """The oldest waiter is woken alone; if it is gone, the next one still wakes by push."""
+    lock = cache.lock("baton", ttl=30)
+    holder = await lock.acquire()
+    first = asyncio.create_task(lock.acquire(wait=20))
+    await wait_until(lambda: cache.client.zcard(lock.spec.queue), timeout=5)
+    second = asyncio.create_task(lock.acquire(wait=20))
+
+    async def both_queued():
+        return await cache.client.zcard(lock.spec.queue) == 2
+
+    await wait_until(both_queued, timeout=5)
+    first.cancel()  # the oldest waiter goes away just as the lock is released
+    started = time.monotonic()
+    await holder.release()
+    lease = await asyncio.wait_for(second, 10)
+    assert time.monotonic() - started < 5  # not the 30 s TTL slice
+    assert first.cancelled()
+    await lease.release()
+    await settled(cache)
+    assert await cache.client.zcard(lock.spec.queue) == 0
+
+
 async def test_subscription_acks_are_matched_in_order(cache):
     hub = cache.locks.hub
-    prefix = cache.keys.lock_channel("acks")
-    first, again = asyncio.Event(), asyncio.Event()
-    await hub.watch(prefix, "t0", first, 5)  # connects the hub
+    hub.max_idle = 0  # unsubscribe as soon as the last waiter leaves
+    spec = cache.lock("acks").spec
+    prefix = spec.channel
+    first, again = _Waiter(), _Waiter()
+    await hub.watch(spec, "t0", first, 5)  # connects the hub
     hub.unwatch(prefix, "t0")
     # Queued without a pause: SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE, UNSUBSCRIBE, SUBSCRIBE.
-    await hub.watch(prefix, "t1", first, 0)  # do not wait for the ack
+    await hub.watch(spec, "t1", first, 0)  # do not wait for the ack
     hub.unwatch(prefix, "t1")  # its ack will find no channel
     hub.unwatch(prefix, "t1")  # twice: nothing to do
-    await hub.watch(prefix, "t2", again, 0)
+    await hub.watch(spec, "t2", again, 0)
     hub.unwatch(prefix, "t2")
-    await hub.watch(prefix, "t3", again, 5)  # ready only at the third SUBSCRIBE's ack
-    assert again.is_set()  # (re)subscribed: woken once, in case a release was missed
-    again.clear()
-    await cache.client.publish(f"{prefix}:{hub.id}", "t3")
-    await asyncio.wait_for(again.wait(), 5)
+    await hub.watch(spec, "t3", again, 5)  # ready only at the third SUBSCRIBE's ack
+    assert again.event.is_set()  # (re)subscribed: woken once, a handoff may have been missed
+    assert again.fence is None
+    again.event.clear()
+    await cache.client.publish(f"{prefix}:{hub.id}", "t3:42")  # what a handoff sends
+    await asyncio.wait_for(again.event.wait(), 5)
+    assert again.fence == 42
     hub.unwatch(prefix, "t3")
     assert hub.channels == 0 and hub.connects == 1
 
 
 async def test_wakeup_subscriber_without_a_server_lets_waiters_fall_back():
-    server = RedisServer(port=0).start()
-    try:
+    with RedisServer(port=0) as server:
         async with Cache.connect(server.url, namespace="hub", connect_timeout=0.2) as cache:
-            server.stop()  # nothing listens on the port any more
+            server.kill()  # nothing listens on the port any more
             hub = cache.locks.hub
-            event = asyncio.Event()
-            prefix = cache.keys.lock_channel("x")
+            waiter = _Waiter()
+            spec = cache.lock("x").spec
             started = time.monotonic()
-            await hub.watch(prefix, "t1", event, 10)  # released by the failure, not the 10 s
+            await hub.watch(spec, "t1", waiter, 10)  # released by the failure, not the 10 s
             assert time.monotonic() - started < 5
-            await wait_until(event.is_set, timeout=5)  # woken: retry, a release may be missed
-            other = asyncio.Event()
-            await hub.watch(cache.keys.lock_channel("y"), "t2", other, 10)  # down: no wait
+            await wait_until(waiter.event.is_set, timeout=5)  # woken: a handoff may be missed
+            other = _Waiter()
+            await hub.watch(cache.lock("y").spec, "t2", other, 10)  # down: no wait
             assert hub.connects == 0
-            hub.unwatch(prefix, "t1")
-    finally:
-        server.stop()
+            hub.max_idle = 0
+            hub.unwatch(spec.channel, "t1")
+            hub.unwatch(cache.lock("y").spec.channel, "t2")
+            assert hub.channels == 0  # dropped without a connection to unsubscribe on
+            server.restart()
+            await wait_until(lambda: hub.connects == 1, timeout=10)  # back, nothing to resubscribe
+
+
+async def test_a_late_handoff_message_for_a_held_lease_is_ignored(cache):
+    """A waiter's own try can win the handoff race; the handoff's message comes after."""
+    lock = cache.lock("late-msg", ttl=30)
+    holder = await lock.acquire()
+    waiter = asyncio.create_task(lock.acquire(wait=20))  # makes the subscription live
+    await wait_until(lambda: cache.client.zcard(lock.spec.queue), timeout=5)
+    await holder.release()
+    await (await asyncio.wait_for(waiter, 10)).release()
+    lease = await lock.acquire()  # holds it, the channel still subscribed
+    hub = cache.locks.hub
+    await cache.client.publish(f"{lock.spec.channel}:{hub.id}", f"{lease.token}:{lease.fence}")
+    await asyncio.sleep(0.2)
+    await settled(cache)
+    info = await lock.holder()
+    assert info is not None and info.fence == lease.fence  # not handed on
+    assert await lease.release()
 
 
 async def test_idle_wakeup_connection_is_probed_and_replaced_when_dead():
@@ -575,7 +663,7 @@ async def test_idle_wakeup_connection_is_probed_and_replaced_when_dead():
             lock = manager.lock("idle", ttl=30)
             holder = await lock.acquire()
             waiter = asyncio.create_task(lock.acquire(wait=30))
-            await wait_until(lambda: manager.hub.channels == 1, timeout=5)
+            await wait_until(lambda: manager.hub.waiting == 1, timeout=5)
             await asyncio.sleep(0.5)  # several idle periods: PINGs answered
             assert manager.hub.connects == 1
             server.pause()  # PINGs go unanswered: the connection is declared dead
@@ -607,7 +695,7 @@ async def test_debug_sleep_past_the_ttl_loses_the_lease_without_double_grant():
             )  # the local deadline fires during the stall
             assert "deadline" in (lease.lost_reason or "")
             await sleeper
-            successor = await lock.acquire(wait=5)  # the key expired during the stall
+            successor = await cache.lock("x", ttl=5).acquire(wait=5)  # expired in the stall
             assert successor.fence > lease.fence
             assert await lease.release() is False  # the stale release leaves the successor alone
             holder = await lock.holder()
@@ -635,7 +723,7 @@ async def test_paused_server_cannot_keep_a_lease_alive():
             try:
                 started = time.monotonic()
                 await asyncio.wait_for(lease.lost.wait(), 5)
-                assert time.monotonic() - started < 1.0  # at the deadline, not later
+                assert time.monotonic() - started < 2.0  # at the deadline, not after retries
             finally:
                 server.resume()
             with pytest.raises(LockLost):
@@ -665,14 +753,14 @@ async def test_restart_without_data_still_increases_fences():
             lease = await lock.acquire()
             server.restart()  # no persistence: lease and counter are gone
             await asyncio.wait_for(lease.lost.wait(), 5)  # reported, not hidden
-            async with lock as after:
+            async with cache.lock("x", ttl=5) as after:
                 assert after.fence > lease.fence
 
 
 async def test_cluster_renewal_link_per_node(cache):
     """Leases on different slots renew over one dedicated link per node."""
-    leases = [await cache.lock(f"node-{i}", ttl=0.3).acquire() for i in range(6)]
-    await asyncio.sleep(0.5)
+    leases = [await cache.lock(f"node-{i}", ttl=1.0).acquire() for i in range(6)]
+    await asyncio.sleep(0.7)  # renewed at least once
     assert all(lease.held for lease in leases)
     links = cache.locks._links
     assert all(isinstance(link, _Link) for link in links.values())

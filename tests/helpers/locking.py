@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
 import signal
@@ -227,19 +228,33 @@ def bot_racer(
         raise
 
 
-def bot_holder(url: str, namespace: str, bot_id: str, ttl: float, results: Any) -> None:
-    """Wait for the claim, report when it is granted, then hold it until killed."""
+def bot_holder(url: str, namespace: str, bot_id: str, ttl: float, report: Any) -> None:
+    """Wait for the claim, report on ``report`` (this worker's own pipe), hold until killed.
+
+    Not a shared Queue: a worker SIGKILLed between writing to a Queue and
+    releasing its cross-process write lock would block every other writer.
+    """
 
     async def main() -> None:
         async with (
             Cache.connect(url, namespace=namespace, **PATIENT) as cache,
             cache.bots.claim("binance", "ETH/USDT", bot_id, ttl=ttl, wait=120) as claim,
         ):
-            results.put((bot_id, os.getpid(), claim.fence, time.monotonic()))
+            report.send((bot_id, os.getpid(), claim.fence, time.monotonic()))
             await asyncio.Event().wait()  # until SIGKILL
 
     try:
         asyncio.run(main())
     except BaseException as exc:
-        results.put(RuntimeError(f"bot {bot_id}: {exc!r}"))
+        report.send(RuntimeError(f"bot {bot_id}: {exc!r}"))
         raise
+
+
+def receive_from(pipes: Sequence[Any], timeout: float) -> Any:
+    """The next message on any of ``pipes`` (read ends), or fail after ``timeout``."""
+    ready = multiprocessing.connection.wait(list(pipes), timeout)
+    assert ready, f"no message after {timeout}s"
+    message = ready[0].recv()
+    if isinstance(message, BaseException):
+        raise message
+    return message

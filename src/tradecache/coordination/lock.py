@@ -1,4 +1,4 @@
-"""Distributed locks with fencing tokens, renewal, loss detection and push wake-up.
+"""Distributed locks with fencing tokens, renewal, loss detection and push handoff.
 
 ``cache.lock(name, ttl=10, wait=None, renew=True, on_lost=None)`` returns a
 :class:`Lock`; entering it grants a :class:`Lease`::
@@ -32,23 +32,31 @@ Guarantees (each one fixes a fault of the existing Python locks):
 * **Loss is reported, never hidden.** Leaving ``async with`` raises
   :class:`LockLost` if the lease was lost while the block ran (unless the
   block raised itself).
-* **Push wake-up.** A waiter subscribes to the lock's channel (one shared
-  pub/sub connection per cache), then tries; the release script publishes.
-  Every wait is bounded by the remaining TTL the failed try returned, so a
-  lost notification costs at most one TTL slice. ``wait=None`` blocks,
-  ``wait=0`` tries once, ``wait=s`` raises :class:`WaitTimeout` after ``s``.
+* **Push handoff, FIFO.** A waiter subscribes (one shared pub/sub connection
+  per cache, subscriptions kept for the next wait), then tries; the failed
+  try queues it atomically. The release script hands the lock to the oldest
+  waiter in the same step (new fence, the waiter's TTL) and publishes to it:
+  no thundering herd, no retry round trip, no starvation. A handoff whose
+  waiter left is handed on. Every wait is bounded by the remaining TTL the
+  failed try returned (and by ``ttl/2``), so a lost message costs at most one
+  slice: the next try finds the lock already granted to it. A handed-over
+  lease counts its TTL from the waiter's last try (a safe lower bound).
+  ``wait=None`` blocks, ``wait=0`` tries once, ``wait=s`` raises
+  :class:`WaitTimeout` after ``s``.
 * **Cancellation-safe.** Acquire and release commands run as shielded
   tasks; an acquire cancelled (or failed) after the command may have run is
   followed by a token-checked release in the background, so cancellation
   never strands a lock. An uncontended acquire + release is 2 round trips.
-* **Cluster-safe.** The lease, its fence counter and channel share the
-  ``{name}`` hash tag.
+* **Cluster-safe.** The lease, its fence counter, its waiter queue and its
+  channels share the ``{name}`` hash tag.
 
 Limits: this is a Redis lock (efficiency, plus safety *through fencing*), not
 a consensus lock. Replication is asynchronous: a failover may lose a lease
 (two holders until the old one notices); fenced writes stay safe. An eviction
 policy other than ``noeviction`` may evict a live lease (``cache.health()``
 warns). Locks are not reentrant: acquiring a lock the same task holds waits.
+If a waiting process dies just as the lock is handed to it, that lease
+expires after the waiter's TTL, like any crashed holder's.
 """
 
 from __future__ import annotations
@@ -81,9 +89,10 @@ __all__ = ["Fenced", "Lease", "Lock", "LockHolder", "LockManager", "LockSpec"]
 
 log = logging.getLogger(__name__)
 
-ACQUIRE: Final = Script("lock_acquire")
+ACQUIRE: Final = Script("lock_acquire", include=("lock",))
 RENEW: Final = Script("lock_renew")
-RELEASE: Final = Script("lock_release")
+RELEASE: Final = Script("lock_release", include=("lock",))
+LEAVE: Final = Script("lock_leave", include=("lock",))
 FENCED_SET: Final = Script("lock_fenced_set")
 
 T = TypeVar("T")
@@ -139,8 +148,8 @@ class LockSpec:
     member: str = ""
 
     @property
-    def acquire_keys(self) -> list[str]:
-        """``KEYS`` of the acquire script."""
+    def keys(self) -> list[str]:
+        """``KEYS`` of the acquire, release and leave scripts."""
         keys = [self.key, self.fence_key, self.queue]
         return [*keys, self.index] if self.index else keys
 
@@ -148,12 +157,6 @@ class LockSpec:
     def renew_keys(self) -> list[str]:
         """``KEYS`` of the renew script."""
         return [self.key, self.index] if self.index else [self.key]
-
-    @property
-    def release_keys(self) -> list[str]:
-        """``KEYS`` of the release script."""
-        keys = [self.key, self.queue]
-        return [*keys, self.index] if self.index else keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,11 +228,22 @@ class _Link:
         await self._connection.disconnect(nowait=True)
 
 
-class _Channel:
-    __slots__ = ("ready", "waiters")
+class _Waiter:
+    """A waiting acquisition: woken by ``event``; ``fence`` is set when handed the lock."""
+
+    __slots__ = ("event", "fence")
 
     def __init__(self) -> None:
-        self.waiters: dict[str, asyncio.Event] = {}  # token -> event
+        self.event = asyncio.Event()
+        self.fence: int | None = None
+
+
+class _Channel:
+    __slots__ = ("ready", "spec", "waiters")
+
+    def __init__(self, spec: LockSpec) -> None:
+        self.spec = spec
+        self.waiters: dict[str, _Waiter] = {}  # by token
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
 
@@ -237,20 +251,34 @@ class _WakeHub:
     """One pub/sub connection shared by every waiter of a :class:`LockManager`.
 
     A waiting process listens on ``<lock channel prefix>:<hub id>``; the
-    release script publishes a waiter's token there, and the hub sets that
-    waiter's event. Channels are reference-counted by their waiters. A reader
-    task owns the connection: it reconnects with backoff, resubscribes every
-    channel, and wakes all waiters whenever it (re)subscribes or loses the
-    connection, since a release may have been missed meanwhile. A writer task
-    sends SUBSCRIBE/UNSUBSCRIBE in the order they were asked for. An idle
-    connection is probed with PING, so a silently dead peer is noticed.
+    release script hands the lock to the oldest waiter and publishes
+    ``<token>:<fence>`` there, and the hub wakes that waiter. A channel stays
+    subscribed after its last waiter left (the ``max_idle`` most recent
+    ones), so the next wait on that lock needs no SUBSCRIBE round trip.
+
+    A reader task owns the connection: it reconnects with backoff,
+    resubscribes every channel, and wakes all waiters whenever it
+    (re)subscribes or loses the connection, since a handoff message may have
+    been missed meanwhile (a woken waiter's try finds the lock already its
+    own). A writer task sends SUBSCRIBE/UNSUBSCRIBE in the order they were
+    asked for. An idle connection is probed with PING, so a silently dead
+    peer is noticed.
     """
 
-    def __init__(self, connect: Callable[[], AbstractConnection], idle: float) -> None:
+    max_idle = 64  # subscribed channels kept without waiters (least recently used go)
+
+    def __init__(
+        self,
+        connect: Callable[[], AbstractConnection],
+        idle: float,
+        orphan: Callable[[LockSpec, str], object],
+    ) -> None:
         self.id = secrets.token_hex(6)
         self._connect = connect
+        self._orphan = orphan  # called for a handoff whose waiter is gone: hand it on
         self._idle = idle
         self._channels: dict[bytes, _Channel] = {}
+        self._idle_channels: dict[bytes, None] = {}  # no waiters, oldest first
         self._outstanding: dict[bytes, int] = {}  # SUBSCRIBEs sent, not yet acknowledged
         self._queue: asyncio.Queue[tuple[bytes, ...] | None] = asyncio.Queue()
         self._connection: AbstractConnection | None = None
@@ -261,37 +289,52 @@ class _WakeHub:
 
     @property
     def channels(self) -> int:
-        """How many channels have waiters."""
+        """How many channels are subscribed (with or without waiters)."""
         return len(self._channels)
 
-    def waiter(self, token: str) -> str:
-        """The queue member of the waiter ``token`` of this hub."""
-        return f"{self.id}:{token}"
+    @property
+    def waiting(self) -> int:
+        """How many waiters are registered."""
+        return sum(len(entry.waiters) for entry in self._channels.values())
 
-    async def watch(self, prefix: str, token: str, event: asyncio.Event, ack_wait: float) -> None:
-        """Set ``event`` when a release wakes ``token``; wait (bounded) for the subscription."""
-        name = f"{prefix}:{self.id}".encode()
+    def live(self, prefix: str) -> bool:
+        """True when this lock's channel is subscribed and acknowledged on a live connection."""
+        entry = self._channels.get(f"{prefix}:{self.id}".encode())
+        return entry is not None and entry.ready.done() and self._connection is not None
+
+    def waiter(self, token: str, ttl_ms: int, owner: str) -> str:
+        """The queue entry of a waiter of this hub (what a handoff needs to grant it)."""
+        return f"{self.id}:{token}:{ttl_ms}:{owner}"
+
+    async def watch(self, spec: LockSpec, token: str, waiter: _Waiter, ack_wait: float) -> None:
+        """Wake ``waiter`` when a release hands it the lock; wait (bounded) for the subscription."""
+        name = f"{spec.channel}:{self.id}".encode()
         entry = self._channels.get(name)
         if entry is None:
-            entry = self._channels[name] = _Channel()
+            entry = self._channels[name] = _Channel(spec)
             if self._task is None:
                 self._task = asyncio.create_task(self._run(), name="tradecache-lock-wake")
             elif self._connection is not None:
                 self._send(b"SUBSCRIBE", name)
-        entry.waiters[token] = event
+        self._idle_channels.pop(name, None)
+        entry.waiters[token] = waiter
         if ack_wait > 0 and not entry.ready.done() and not self._down:
             await asyncio.wait([entry.ready], timeout=ack_wait)
 
     def unwatch(self, prefix: str, token: str) -> None:
-        """Forget ``token``; unsubscribe when it was the channel's last waiter."""
+        """Forget ``token``; past ``max_idle`` idle channels, unsubscribe the oldest."""
         name = f"{prefix}:{self.id}".encode()
         entry = self._channels.get(name)
         if entry is None or entry.waiters.pop(token, None) is None:
             return
-        if not entry.waiters:
-            del self._channels[name]
+        if entry.waiters:
+            return
+        self._idle_channels[name] = None
+        while len(self._idle_channels) > self.max_idle:
+            oldest = next(iter(self._idle_channels))
+            del self._idle_channels[oldest], self._channels[oldest]
             if self._connection is not None:
-                self._send(b"UNSUBSCRIBE", name)
+                self._send(b"UNSUBSCRIBE", oldest)
 
     def _send(self, *command: bytes) -> None:
         if command[0] == b"SUBSCRIBE":
@@ -336,8 +379,8 @@ class _WakeHub:
     def _wake_all(entry: _Channel) -> None:
         if not entry.ready.done():
             entry.ready.set_result(None)
-        for event in entry.waiters.values():
-            event.set()
+        for waiter in entry.waiters.values():
+            waiter.event.set()
 
     async def _write(self, connection: AbstractConnection) -> None:
         # Stopped by a None in the queue, not by cancel(): on Python 3.11 redis-py
@@ -348,6 +391,9 @@ class _WakeHub:
     async def _read(self, connection: AbstractConnection) -> None:
         self._connection = connection
         names = list(self._channels)
+        for entry in self._channels.values():  # not live until acknowledged again
+            if entry.ready.done():
+                entry.ready = asyncio.get_running_loop().create_future()
         self._outstanding = {}
         if names:
             self._send(b"SUBSCRIBE", *names)
@@ -391,9 +437,13 @@ class _WakeHub:
         if entry is None:
             return
         if kind == "message":
-            event = entry.waiters.get(_text(reply[2]))
-            if event is not None:
-                event.set()
+            token, _, fence = _text(reply[2]).partition(":")
+            waiter = entry.waiters.get(token)
+            if waiter is None:
+                self._orphan(entry.spec, token)  # its waiter left: hand the lock on
+            else:
+                waiter.fence = int(fence)
+                waiter.event.set()
         elif kind == "subscribe":
             self._wake_all(entry)  # (re)subscribed: anything published before was missed
 
@@ -429,6 +479,7 @@ class LockManager:
         self._links: dict[str, _Link] = {}
         self._hub: _WakeHub | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.holding: set[str] = set()  # tokens of this process's live leases
 
     def __repr__(self) -> str:
         return f"<LockManager {self.ctx.keys.namespace!r} background={len(self._tasks)}>"
@@ -501,6 +552,7 @@ class LockManager:
             self._hub = _WakeHub(
                 lambda: _connection_for(self.client, None, f"lock-wake:{self.id}"),
                 idle=self.wake_idle,
+                orphan=self._orphaned,
             )
         return self._hub
 
@@ -523,13 +575,22 @@ class LockManager:
 
     async def release(self, spec: LockSpec, token: str) -> bool:
         """Delete the lease if ``token`` still holds it and wake the waiters."""
-        reply = await RELEASE(self.client, spec.release_keys, [token, spec.channel, spec.member])
+        reply = await RELEASE(self.client, spec.keys, [token, spec.channel, spec.member])
         return bool(reply == 1)
 
-    @redis_errors
-    async def dequeue(self, spec: LockSpec, waiter: str) -> None:
-        """Take a waiter that stopped waiting out of the lock's queue."""
-        await self.client.zrem(spec.queue, waiter)
+    def _orphaned(self, spec: LockSpec, token: str) -> None:
+        # A handoff for a waiter that is gone: release it to the next waiter,
+        # unless the waiter got the lock by its own try meanwhile (then it is ours).
+        if token not in self.holding:
+            self.spawn(self.leave(spec, token, ""))
+
+    async def leave(self, spec: LockSpec, token: str, waiter: str) -> bool:
+        """Undo what a wait may have left behind: the queue entry, a handoff to ``token``.
+
+        Then, if the lock is free, it goes to the oldest waiter (True when so).
+        """
+        args = [token, waiter, spec.channel, spec.member]
+        return bool(await LEAVE(self.client, spec.keys, args) == 1)
 
     def spawn(self, awaitable: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``awaitable`` in the background; kept alive and awaited by :meth:`aclose`."""
@@ -597,13 +658,16 @@ class Lease:
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None
         self._released = False
+        lock.manager.holding.add(token)
         self._deadline = granted_at + lock.lifetime
-        self._timer = self._schedule_expiry()
         self._watchdog: asyncio.Task[None] | None = None
         if lock.renew:
-            self._watchdog = asyncio.create_task(
-                self._renew_loop(), name=f"tradecache-lock-renew:{self.name}"
-            )
+            # One timer, not a task, until the first renewal is due (most leases are
+            # released before): it fires before the deadline and arms that timer.
+            delay = max(0.0, granted_at + self.ttl / 3 - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._start_watchdog)
+        else:
+            self._timer = self._schedule_expiry()
 
     def __repr__(self) -> str:
         state = "released" if self._released else "lost" if self.lost.is_set() else "held"
@@ -656,9 +720,15 @@ class Lease:
         self._extend(started)
         self.ensure_held()  # also lost or released while the renewal was under way
 
+    def _start_watchdog(self) -> None:
+        self._timer = self._schedule_expiry()
+        self._watchdog = asyncio.create_task(
+            self._renew_loop(), name=f"tradecache-lock-renew:{self.name}"
+        )
+
     async def _renew_loop(self) -> None:
         interval = self.ttl / 3
-        due = self.granted_at + interval
+        due = time.monotonic()
         while True:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             started = time.monotonic()
@@ -683,7 +753,11 @@ class Lease:
             return
         self._deadline = started + self._lock.lifetime
         self._timer.cancel()
-        self._timer = self._schedule_expiry()
+        if self._lock.renew and self._watchdog is None:  # renewed by hand before the watchdog
+            delay = max(0.0, started + self.ttl / 3 - time.monotonic())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._start_watchdog)
+        else:
+            self._timer = self._schedule_expiry()
 
     def _schedule_expiry(self) -> asyncio.TimerHandle:
         return asyncio.get_running_loop().call_later(max(0.0, self.remaining()), self._expired)
@@ -703,6 +777,7 @@ class Lease:
             self._report_lost(reason, cleanup=cleanup)
 
     def _report_lost(self, reason: str, *, cleanup: bool) -> None:
+        self._lock.manager.holding.discard(self.token)
         self.lost_reason = reason
         self.lost.set()
         self._stop()
@@ -779,6 +854,8 @@ class Lease:
         except TradecacheError:
             self.metrics.observe("lock.release", time.perf_counter() - started, error=True)
             raise
+        finally:
+            manager.holding.discard(self.token)
         self.metrics.observe("lock.release", time.perf_counter() - started)
         if not deleted and not self.lost.is_set():
             self._report_lost("the lease was gone when it was released", cleanup=False)
@@ -878,34 +955,47 @@ class Lock:
         """
         wait = _check_wait(wait)
         token = secrets.token_hex(16)
-        lease, ttl_left, owner = await self._attempt(token, "")
-        if lease is not None or wait == 0:
+        if wait == 0:
+            lease, _, owner = await self._attempt(token, "")
             return lease, owner
-        deadline = math.inf if wait is None else time.monotonic() + wait
         hub = self.manager.hub
-        waiter = hub.waiter(token)
-        event = asyncio.Event()
+        waiter = hub.waiter(token, self.ttl_ms, self.owner)
+        if not hub.live(self.spec.channel):
+            # The uncontended path: one try, no subscription. With a live one (this
+            # process waited for the lock before) the first try queues us too.
+            lease, _, owner = await self._attempt(token, "")
+            if lease is not None:
+                return lease, None
+        deadline = math.inf if wait is None else time.monotonic() + wait
+        lease = None
+        woken = _Waiter()
         try:
             # Subscribe (and wait for the ack) before the try that queues us, so a
-            # release right after that try still wakes us.
+            # handoff right after that try still reaches us.
             ack_timeout = min(deadline - time.monotonic(), self.manager.ctx.settings.socket_timeout)
-            await hub.watch(self.spec.channel, token, event, ack_timeout)
+            await hub.watch(self.spec, token, woken, ack_timeout)
             while True:
-                event.clear()
+                woken.event.clear()
+                sent = time.monotonic()
                 lease, ttl_left, owner = await self._attempt(token, waiter)
                 if lease is not None:
                     return lease, None
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None, owner
-                # Woken by a release, or at the latest when the holder's TTL ran out.
+                # Handed the lock by a release, or woken when the holder's TTL ran out.
+                # A slice is at most ttl/2: a handoff counts our TTL from our last try.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(min(ttl_left, remaining)):
-                        await event.wait()
+                    async with asyncio.timeout(min(ttl_left, remaining, self.ttl / 2)):
+                        await woken.event.wait()
+                if woken.fence is not None:
+                    # The release granted it to us (no later than our last try was sent).
+                    lease = Lease(self, token, woken.fence, sent)
+                    return lease, None
         finally:
             hub.unwatch(self.spec.channel, token)
-            if lease is None:  # leave the queue, so a release wakes someone who waits
-                self.manager.spawn(self.manager.dequeue(self.spec, waiter))
+            if lease is None:  # leave the queue; a handoff we missed goes to the next waiter
+                self.manager.spawn(self.manager.leave(self.spec, token, waiter))
 
     async def _attempt(self, token: str, waiter: str) -> tuple[Lease | None, float, str | None]:
         """One acquire script call: ``(lease, 0, None)`` or ``(None, seconds left, owner)``.
@@ -915,7 +1005,7 @@ class Lock:
         manager = self.manager
         started = time.monotonic()
         args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter]
-        task = manager.spawn(ACQUIRE(manager.client, self.spec.acquire_keys, args))
+        task = manager.spawn(ACQUIRE(manager.client, self.spec.keys, args))
         try:
             reply = await asyncio.shield(task)
         except asyncio.CancelledError:
