@@ -479,7 +479,7 @@ class LockManager:
         self._links: dict[str, _Link] = {}
         self._hub: _WakeHub | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.holding: set[str] = set()  # tokens of this process's live leases
+        self._holding: set[str] = set()  # tokens of this process's live leases
 
     def __repr__(self) -> str:
         return f"<LockManager {self.ctx.keys.namespace!r} background={len(self._tasks)}>"
@@ -547,7 +547,10 @@ class LockManager:
 
     @property
     def hub(self) -> _WakeHub:
-        """The shared wake-up subscriber (started on the first contended acquire)."""
+        """The shared wake-up subscriber (it connects on the first contended acquire).
+
+        Example: ``cache.locks.hub.waiting  # waiters of this process``
+        """
         if self._hub is None:
             self._hub = _WakeHub(
                 lambda: _connection_for(self.client, None, f"lock-wake:{self.id}"),
@@ -556,7 +559,7 @@ class LockManager:
             )
         return self._hub
 
-    def link(self, key: str) -> _Link:
+    def _link(self, key: str) -> _Link:
         """The dedicated renewal connection for ``key`` (one per Cluster node)."""
         if isinstance(self.client, RedisCluster):
             name = cast("ClusterNode", self.client.get_node_from_key(key)).name
@@ -568,12 +571,12 @@ class LockManager:
             found = self._links[name] = _Link(connection)
         return found
 
-    async def renew(self, spec: LockSpec, token: str, ttl_ms: int) -> bool:
+    async def _renew(self, spec: LockSpec, token: str, ttl_ms: int) -> bool:
         """Extend the lease ``token`` holds, on the dedicated link; False if it is gone."""
-        reply = await RENEW(self.link(spec.key), spec.renew_keys, [token, ttl_ms, spec.member])
+        reply = await RENEW(self._link(spec.key), spec.renew_keys, [token, ttl_ms, spec.member])
         return bool(reply == 1)
 
-    async def release(self, spec: LockSpec, token: str) -> bool:
+    async def _release(self, spec: LockSpec, token: str) -> bool:
         """Delete the lease if ``token`` still holds it and wake the waiters."""
         reply = await RELEASE(self.client, spec.keys, [token, spec.channel, spec.member])
         return bool(reply == 1)
@@ -581,10 +584,10 @@ class LockManager:
     def _orphaned(self, spec: LockSpec, token: str) -> None:
         # A handoff for a waiter that is gone: release it to the next waiter,
         # unless the waiter got the lock by its own try meanwhile (then it is ours).
-        if token not in self.holding:
-            self.spawn(self.leave(spec, token, ""))
+        if token not in self._holding:
+            self._spawn(self._leave(spec, token, ""))
 
-    async def leave(self, spec: LockSpec, token: str, waiter: str) -> bool:
+    async def _leave(self, spec: LockSpec, token: str, waiter: str) -> bool:
         """Undo what a wait may have left behind: the queue entry, a handoff to ``token``.
 
         Then, if the lock is free, it goes to the oldest waiter (True when so).
@@ -592,7 +595,7 @@ class LockManager:
         args = [token, waiter, spec.channel, spec.member]
         return bool(await LEAVE(self.client, spec.keys, args) == 1)
 
-    def spawn(self, awaitable: Awaitable[T]) -> asyncio.Task[T]:
+    def _spawn(self, awaitable: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``awaitable`` in the background; kept alive and awaited by :meth:`aclose`."""
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)
@@ -605,7 +608,10 @@ class LockManager:
             log.debug("background lock task failed: %r", task.exception())
 
     async def aclose(self) -> None:
-        """Let background releases finish (briefly), then close the dedicated connections."""
+        """Let background releases finish (briefly), then close the dedicated connections.
+
+        ``Cache.close()`` calls it. Example: ``await locks.aclose()``
+        """
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=_CLOSE_GRACE)
         for task in list(self._tasks):
@@ -658,7 +664,7 @@ class Lease:
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None
         self._released = False
-        lock.manager.holding.add(token)
+        lock.manager._holding.add(token)
         self._deadline = granted_at + lock.lifetime
         self._watchdog: asyncio.Task[None] | None = None
         if lock.renew:
@@ -677,7 +683,10 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        """True while neither released nor lost, and the local deadline has not passed."""
+        """True while neither released nor lost, and the local deadline has not passed.
+
+        Example: ``if not lease.held: return``
+        """
         return not self._released and not self.lost.is_set() and self.remaining() > 0
 
     def remaining(self) -> float:
@@ -715,7 +724,7 @@ class Lease:
         """
         self.ensure_held()
         started = time.monotonic()
-        if not await self._lock.manager.renew(self._lock.spec, self.token, self._lock.ttl_ms):
+        if not await self._lock.manager._renew(self._lock.spec, self.token, self._lock.ttl_ms):
             self._lose("the lease expired or was taken over", cleanup=False)
         self._extend(started)
         self.ensure_held()  # also lost or released while the renewal was under way
@@ -733,7 +742,7 @@ class Lease:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             started = time.monotonic()
             try:
-                renewed = await self._lock.manager.renew(
+                renewed = await self._lock.manager._renew(
                     self._lock.spec, self.token, self._lock.ttl_ms
                 )
             except TradecacheError as exc:
@@ -777,7 +786,7 @@ class Lease:
             self._report_lost(reason, cleanup=cleanup)
 
     def _report_lost(self, reason: str, *, cleanup: bool) -> None:
-        self._lock.manager.holding.discard(self.token)
+        self._lock.manager._holding.discard(self.token)
         self.lost_reason = reason
         self.lost.set()
         self._stop()
@@ -790,14 +799,14 @@ class Lease:
         if cleanup:
             # A renewal may have landed after our deadline: the key could still be
             # ours, and nobody would use it. The release only deletes our token.
-            manager.spawn(manager.release(self._lock.spec, self.token))
+            manager._spawn(manager._release(self._lock.spec, self.token))
         callback = self._lock.on_lost
         if callback is None:
             return
         try:
             result = callback(self)
             if inspect.isawaitable(result):
-                manager.spawn(result)
+                manager._spawn(result)
         except Exception:
             log.exception("on_lost callback of lock %r failed", self.name)
 
@@ -848,14 +857,14 @@ class Lease:
         self._released = True
         manager = self._lock.manager
         started = time.perf_counter()
-        task = manager.spawn(manager.release(self._lock.spec, self.token))
+        task = manager._spawn(manager._release(self._lock.spec, self.token))
         try:
             deleted = await asyncio.shield(task)
         except TradecacheError:
             self.metrics.observe("lock.release", time.perf_counter() - started, error=True)
             raise
         finally:
-            manager.holding.discard(self.token)
+            manager._holding.discard(self.token)
         self.metrics.observe("lock.release", time.perf_counter() - started)
         if not deleted and not self.lost.is_set():
             self._report_lost("the lease was gone when it was released", cleanup=False)
@@ -995,7 +1004,7 @@ class Lock:
         finally:
             hub.unwatch(self.spec.channel, token)
             if lease is None:  # leave the queue; a handoff we missed goes to the next waiter
-                self.manager.spawn(self.manager.leave(self.spec, token, waiter))
+                self.manager._spawn(self.manager._leave(self.spec, token, waiter))
 
     async def _attempt(self, token: str, waiter: str) -> tuple[Lease | None, float, str | None]:
         """One acquire script call: ``(lease, 0, None)`` or ``(None, seconds left, owner)``.
@@ -1005,7 +1014,7 @@ class Lock:
         manager = self.manager
         started = time.monotonic()
         args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter]
-        task = manager.spawn(ACQUIRE(manager.client, self.spec.keys, args))
+        task = manager._spawn(ACQUIRE(manager.client, self.spec.keys, args))
         try:
             reply = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -1013,7 +1022,7 @@ class Lock:
             task.add_done_callback(lambda done: self._compensate(done, token))
             raise
         except TradecacheError:
-            manager.spawn(manager.release(self.spec, token))  # the outcome is unknown
+            manager._spawn(manager._release(self.spec, token))  # the outcome is unknown
             raise
         if reply[0] == 1:
             return Lease(self, token, int(reply[1]), started), 0.0, None
@@ -1025,7 +1034,7 @@ class Lock:
     def _compensate(self, task: asyncio.Task[Any], token: str) -> None:
         if not task.cancelled() and task.exception() is None and task.result()[0] != 1:
             return  # not granted: nothing to undo
-        self.manager.spawn(self.manager.release(self.spec, token))
+        self.manager._spawn(self.manager._release(self.spec, token))
 
     # --- context manager -------------------------------------------------------------------
 

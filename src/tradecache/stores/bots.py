@@ -29,6 +29,7 @@ update time; the caller's mapping is never mutated.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -100,26 +101,41 @@ class Claim:
 
     @property
     def fence(self) -> int:
-        """The fencing token of this grant (strictly increasing per exchange and symbol)."""
+        """The fencing token of this grant (strictly increasing per exchange and symbol).
+
+        Example: ``await store.write(order, fence=claim.fence)``
+        """
         return self.lease.fence
 
     @property
-    def lost(self) -> Any:
-        """An :class:`asyncio.Event`, set once the claim is lost (expired or taken over)."""
+    def lost(self) -> asyncio.Event:
+        """An :class:`asyncio.Event`, set once the claim is lost (expired or taken over).
+
+        Example: ``await claim.lost.wait()  # in a task that stops the trading loop``
+        """
         return self.lease.lost
 
     @property
     def lost_reason(self) -> str | None:
-        """Why the claim was lost, or ``None``."""
+        """Why the claim was lost, or ``None``.
+
+        Example: ``log.warning("claim lost: %s", claim.lost_reason)``
+        """
         return self.lease.lost_reason
 
     @property
     def held(self) -> bool:
-        """True while neither released nor lost, and the local deadline has not passed."""
+        """True while neither released nor lost, and the local deadline has not passed.
+
+        Example: ``while claim.held: await step()``
+        """
         return self.lease.held
 
     def remaining(self) -> float:
-        """Seconds until the local deadline of the claim."""
+        """Seconds until the local deadline of the claim.
+
+        Example: ``if claim.remaining() < 2: finish_quickly()``
+        """
         return self.lease.remaining()
 
     def ensure_held(self) -> None:
@@ -206,7 +222,10 @@ class BotCache:
         return f"<BotCache {self.keys.namespace!r}>"
 
     async def aclose(self) -> None:
-        """Close the lock machinery if this store made its own (the facade shares its own)."""
+        """Close the lock machinery if this store made its own (the facade shares its own).
+
+        Example: ``bots = BotCache(ctx); ...; await bots.aclose()``
+        """
         if self._owns_locks:
             await self.locks.aclose()
 
