@@ -892,3 +892,18 @@ async def test_a_frozen_executor_is_killed_once_it_holds_orders(
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+async def test_dump_tasks_shows_where_each_task_waits(capsys: pytest.CaptureFixture[str]) -> None:
+    gate = asyncio.Event()
+
+    async def waiting() -> None:
+        await gate.wait()
+
+    task = asyncio.create_task(waiting(), name="waiter")
+    await asyncio.sleep(0)
+    child._dump_tasks()
+    gate.set()
+    await task
+    err = capsys.readouterr().err
+    assert "name='waiter'" in err and "test_demo_parts.py" in err and "awaiting" in err

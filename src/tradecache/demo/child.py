@@ -58,11 +58,33 @@ def _make(role: str, name: str, cache: Any, config: DemoConfig) -> Role:
     return Monitor(cache, config)
 
 
-async def _heartbeats(cache: Any, process_id: str, role: Role, period: float) -> None:
+async def _heartbeats(
+    cache: Any, process_id: str, role: Role, period: float, done: asyncio.Event
+) -> None:
+    # Ended by ``done``, never cancelled: redis-py can swallow a cancellation that lands
+    # while a command's socket timeout also expired (after a SIGSTOP longer than it), and
+    # the task would then heartbeat forever (redis-py issues #2028, #2551).
     while True:
-        await asyncio.sleep(period)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), period)
+            return
         with contextlib.suppress(TradecacheError):  # a slow or lost round trip: next time
             await cache.processes.heartbeat(process_id, status="running", params=role.report())
+
+
+def _dump_tasks() -> None:
+    """Print where every task waits (SIGUSR2: the parent asks before killing a stuck child)."""
+    for task in asyncio.all_tasks():
+        print(f"task {task!r}", file=sys.stderr)
+        awaited: Any = task.get_coro()
+        while awaited is not None:  # the whole await chain, not just the outer frame
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                print(f"  {frame.f_code.co_filename}:{frame.f_lineno}", file=sys.stderr)
+            else:
+                print(f"  awaiting {awaited!r}", file=sys.stderr)
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    sys.stderr.flush()
 
 
 async def run_role(role_name: str, name: str, config: DemoConfig) -> int:
@@ -73,10 +95,12 @@ async def run_role(role_name: str, name: str, config: DemoConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
     async with connect(config) as cache:
         role = _make(role_name, name, cache, config)
         info = await cache.processes.register(role_name, name, role.report(), status="running")
-        beats = asyncio.create_task(_heartbeats(cache, info.id, role, config.heartbeat))
+        done = asyncio.Event()
+        beats = asyncio.create_task(_heartbeats(cache, info.id, role, config.heartbeat, done))
         failure: Exception | None = None
         try:
             await role.run(stop)
@@ -84,9 +108,8 @@ async def run_role(role_name: str, name: str, config: DemoConfig) -> int:
             failure = exc
             traceback.print_exc()
         finally:
-            beats.cancel()  # first: a heartbeat in flight must not land after the last one
-            with contextlib.suppress(asyncio.CancelledError):
-                await beats
+            done.set()  # first: a heartbeat in flight must not land after the last one
+            await asyncio.wait({beats}, timeout=2 * config.socket_timeout)
         with contextlib.suppress(TradecacheError):
             if failure is None:
                 await cache.processes.heartbeat(info.id, params=role.report())
@@ -110,8 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"unknown role {role!r} (one of {', '.join(ROLES)})")
     # The parent stops children with SIGTERM; a stray SIGINT must not kill one half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # SIGUSR1 dumps every thread's stack to the log: the parent does it before it kills a
-    # child that did not stop, so the kept log says where it hung.
+    # SIGUSR1 dumps every thread's stack to the log (SIGUSR2 every task's): the parent asks
+    # before it kills a child that did not stop, so the kept log says where it hung.
     faulthandler.register(signal.SIGUSR1)
     return asyncio.run(run_role(role, name, DemoConfig.decode(config)))
 

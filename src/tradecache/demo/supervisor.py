@@ -260,8 +260,9 @@ class Supervisor:
         for child, code in zip(children, codes, strict=True):
             if code is None:
                 self.crashes.append(f"{child.name} did not stop within {grace:g}s: killed")
-                os.kill(child.pid, signal.SIGUSR1)  # its stacks, into its log
-                await asyncio.sleep(0.2)
+                os.kill(child.pid, signal.SIGUSR2)  # where its tasks wait, into its log
+                os.kill(child.pid, signal.SIGUSR1)  # and its threads' stacks
+                await asyncio.sleep(0.3)
                 child.proc.kill()
                 await asyncio.to_thread(child.proc.wait)
             # -SIGTERM: stopped before it could install its handler, i.e. before it did anything.
