@@ -200,14 +200,11 @@ def test_python_dash_m_runs_main(name: str, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(tradecache.examples, "run", calls.append)
     with warnings.catch_warnings():  # runpy: "found in sys.modules": it was imported above
         warnings.simplefilter("ignore", RuntimeWarning)
-        # pytest rewrites the modules of a distribution that registers a pytest11 plugin,
-        # and its import hook has no get_code(), which runpy needs.
-        monkeypatch.setattr(
-            sys,
-            "meta_path",
-            [hook for hook in sys.meta_path if type(hook).__name__ != "AssertionRewritingHook"],
-        )
-        namespace = runpy.run_module(f"tradecache.examples.{name}", run_name="__main__")
+        # run_path, not run_module: pytest rewrites the modules of a distribution that
+        # registers a pytest11 plugin, and its loader has no get_code(), which run_module needs.
+        module = importlib.import_module(f"tradecache.examples.{name}")
+        assert module.__file__ is not None
+        namespace = runpy.run_path(module.__file__, run_name="__main__")
     assert calls == [namespace["main"]]
 
 
