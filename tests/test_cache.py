@@ -86,3 +86,17 @@ def test_parse_version():
 async def test_failed_connect_closes_the_client():
     with pytest.raises(tradecache.ConnectionLost):
         await Cache.connect("redis://127.0.0.1:1/0")
+
+
+async def test_connect_with_an_explicit_cluster_flag(redis_url):
+    async with Cache.connect(redis_url, namespace="flag", cluster=False) as cache:
+        assert not cache.is_cluster
+        assert cache.settings.cluster is False
+
+
+async def test_health_warns_about_an_unsupported_server_version(redis_url):
+    async with Cache.connect(redis_url, namespace="old") as cache:
+        cache.server_version = (6, 0, 16)
+        report = await cache.health()
+    assert not report.ok
+    assert any("older than the supported 6.2" in warning for warning in report.warnings)

@@ -100,3 +100,12 @@ def test_context_manager_translates():
         raise rx.ConnectionError("gone")
     with pytest.raises(Claimed), translate_redis_errors():
         raise Claimed("k", None)
+
+
+def test_replayed_failure_pickles():
+    from tradecache.errors import ReplayedFailure
+
+    exc = ReplayedFailure("ValueError", "bad price")
+    clone = pickle.loads(pickle.dumps(exc))
+    assert (clone.error_type, clone.message) == ("ValueError", "bad price")
+    assert "ValueError" in str(clone)

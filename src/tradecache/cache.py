@@ -485,8 +485,8 @@ class _Connecting:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._cache is not None:
-            await self._cache.close()
+        # Only reached after __aenter__ succeeded, so the cache exists.
+        await self._cache.close()  # type: ignore[union-attr]
 
 
 def connect(

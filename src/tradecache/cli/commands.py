@@ -114,11 +114,6 @@ def server(
             signal.signal(sig, handler)
 
 
-def _not_yet(command: str) -> NoReturn:
-    _console(stderr=True).print(f"tradecache {command}: not implemented yet")
-    raise typer.Exit(2)
-
-
 @app.command()
 def demo(
     url: Annotated[
