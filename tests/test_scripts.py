@@ -48,6 +48,10 @@ async def test_batch_reruns_only_noscript_calls(cache):
     assert results == [11, 10, 111]  # NOSCRIPT calls re-ran after the plain command
     assert int(await cache.client.get(key)) == 111  # each script ran exactly once
 
+    cached = ScriptBatch(cache.client)  # the script is loaded now: one round trip, no rerun
+    cached.call(INCR_BY, [key], [1])
+    assert await cached.execute() == [112]
+
 
 async def test_batch_raises_error_replies_after_running(cache):
     key = cache.keys.key("t", "c")

@@ -109,10 +109,19 @@ class ScriptBatch:
         the whole batch ran.
         """
         results: list[Any] = await self.pipe.execute(raise_on_error=False)
-        for index, (script, keys, args) in self._calls.items():
-            if isinstance(results[index], NoScriptError):
-                results[index] = await script(self._client, keys, args)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+        missing = [i for i in self._calls if isinstance(results[i], NoScriptError)]
+        if missing:
+            # A server that lost its script cache (restart, failover, SCRIPT FLUSH):
+            # send the sources of just those calls, again in one round trip.
+            rerun = self._client.pipeline(transaction=False)
+            for index in missing:
+                script, keys, args = self._calls[index]
+                rerun.execute_command("EVAL", script.source, len(keys), *keys, *args)
+            for index, result in zip(
+                missing, await rerun.execute(raise_on_error=False), strict=True
+            ):
+                results[index] = result
+        errors = [result for result in results if isinstance(result, Exception)]
+        if errors:
+            raise errors[0]
         return results
