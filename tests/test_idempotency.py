@@ -340,6 +340,24 @@ async def test_losing_the_claim_while_running_is_reported(cache, caplog):
     assert "taken over while its call ran" in caplog.text
 
 
+async def test_a_renewal_on_the_wire_when_the_call_ends_is_its_last(cache, caplog):
+    from tradecache.coordination.idempotency import _Renewal
+
+    idem = cache.idempotency("orders", in_flight_ttl=30)
+    renewal = _Renewal(idem, cache.keys.idempotency("orders", "k"), "token")
+
+    def renewals() -> int:
+        stats = cache.stats().get("idempotency.renew")
+        return 0 if stats is None else stats.count
+
+    with caplog.at_level(logging.ERROR, logger="tradecache.idempotency"):
+        renewal._due()  # a renewal goes on the wire (the record is gone: "not owned")...
+        renewal.cancel()  # ...and the call ends before its reply
+        await wait_until(lambda: renewals() == 1)
+    assert renewal._handle.cancelled()  # nothing scheduled again
+    assert "taken over" not in caplog.text  # the call's outcome decides, not a late reply
+
+
 # --- Redis unreachable -----------------------------------------------------------------------
 
 

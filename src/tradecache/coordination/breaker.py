@@ -90,6 +90,7 @@ from typing import Any, Final, ParamSpec, TypeAlias, TypeVar
 
 import msgspec
 
+from .._tasks import cancel_and_wait
 from ..context import Context
 from ..envelope import decode_envelope
 from ..errors import CircuitOpen, ConnectionLost, TradecacheError, ValidationError
@@ -766,11 +767,7 @@ class CircuitBreaker:
             await sub.close()
         if listener is not None:
             await listener  # it ends with the subscription
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(*self._tasks)
 
     # --- Redis -------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, fields, is_dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -229,18 +229,27 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_BACKGROUND: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
+
+
+def _spawn(work: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
 class _Renewal:
     """Extends the owner's lease every third of it while ``fn`` runs."""
 
-    __slots__ = ("_handle", "_idem", "_key", "_task", "_token")
+    __slots__ = ("_handle", "_idem", "_key", "_stopped", "_token")
 
     def __init__(self, idem: Idempotency, key: str, token: str) -> None:
         self._idem, self._key, self._token = idem, key, token
-        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._handle = asyncio.get_running_loop().call_later(idem.in_flight_ttl / 3, self._due)
 
     def _due(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._renew())
+        _spawn(self._renew())
 
     async def _renew(self) -> None:
         try:
@@ -249,6 +258,8 @@ class _Renewal:
             )
         except ConnectionLost:
             owned = 1  # try again next time; the lease may still be ours
+        if self._stopped:
+            return  # fn ended while this renewal was on the wire: its outcome decides now
         if owned:
             self._handle = asyncio.get_running_loop().call_later(
                 self._idem.in_flight_ttl / 3, self._due
@@ -257,9 +268,10 @@ class _Renewal:
             log.error("idempotency claim %s was taken over while its call ran", self._key)
 
     def cancel(self) -> None:
+        """Stop renewing. A renewal on the wire is left to finish (one bounded round
+        trip): cancelling it is not reliable on Python 3.11 (see ``_tasks``)."""
+        self._stopped = True
         self._handle.cancel()
-        if self._task is not None:
-            self._task.cancel()
 
 
 class Idempotency:
@@ -439,9 +451,7 @@ class Idempotency:
             elif isinstance(exc, Exception):
                 await self._release(record, token)
             else:  # cancelled: hand the claim back without delaying the cancellation
-                task = asyncio.ensure_future(self._release(record, token))
-                _BACKGROUND.add(task)
-                task.add_done_callback(_BACKGROUND.discard)
+                _spawn(self._release(record, token))
             raise
         renewal.cancel()
         try:
@@ -474,9 +484,7 @@ class Idempotency:
                 key,
                 exc,
             )
-            task = asyncio.ensure_future(self._store_later(args))
-            _BACKGROUND.add(task)
-            task.add_done_callback(_BACKGROUND.discard)
+            _spawn(self._store_later(args))
             return
         if not stored:
             raise LockLost(
@@ -563,6 +571,3 @@ class Idempotency:
         with translate_redis_errors():
             deleted = await self._client.delete(self._ctx.keys.idempotency(self.scope, key))
         return bool(deleted)
-
-
-_BACKGROUND: set[asyncio.Task[None]] = set()

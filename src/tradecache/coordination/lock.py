@@ -79,6 +79,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
+from .._tasks import cancel_and_wait
 from ..context import Context
 from ..errors import LockLost, TradecacheError, ValidationError, WaitTimeout, redis_errors
 from ..keys import validate_part
@@ -448,11 +449,8 @@ class _WakeHub:
             self._wake_all(entry)  # (re)subscribed: anything published before was missed
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
 
 class LockManager:

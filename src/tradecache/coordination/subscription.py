@@ -91,6 +91,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .._tasks import cancel_and_wait
 from ..context import Context
 from ..envelope import Envelope, decode_envelope
 from ..errors import TradecacheError, ValidationError, WaitTimeout, translate_redis_errors
@@ -596,10 +597,7 @@ class Subscription:
         self._closed = True
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()  # _start drops whatever it opened
-        tasks = [link.task for link in self._links if link.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*(link.task for link in self._links))
         for link in self._links:
             await link.drop()
         self._buffer.clear()

@@ -45,6 +45,7 @@ from typing import Any, Final
 
 import msgspec
 
+from .._tasks import cancel_and_wait
 from ..context import Context
 from ..coordination.events import default_source
 from ..coordination.subscription import Event, Subscription, publish_command, use_sharded
@@ -699,10 +700,7 @@ class _Hub:
             self._fail(failure)
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+        await cancel_and_wait(self._pump)
         await self.sub.close()
 
     async def _run(self) -> None:
