@@ -389,7 +389,7 @@ async def test_listeners_async_failing_and_removed(cache, caplog):
     remove()
     remove()  # twice is fine
     await breaker.sync()
-    with caplog.at_level(logging.ERROR, logger="tradecache.breaker"):
+    with caplog.at_level(logging.ERROR, logger="tradecache.coordination.breaker"):
         await failures(breaker, 1)
         await wait_until(lambda: got == [1])
     assert removed == []
@@ -435,7 +435,7 @@ async def test_malformed_transition_messages_are_ignored(cache, caplog):
     await breaker.sync()
     channel = cache.keys.breaker_channel("b")
     bad = encode_envelope("breaker", "b", 1, 0, b'{"nonsense": true}')
-    with caplog.at_level(logging.WARNING, logger="tradecache.breaker"):
+    with caplog.at_level(logging.WARNING, logger="tradecache.coordination.breaker"):
         await publish(cache, channel, bad)
         await wait_until(lambda: "malformed transition" in caplog.text)
     assert seen == []
@@ -449,7 +449,7 @@ async def test_a_transition_lost_beyond_the_log_is_a_gap(cache, caplog):
     epoch = (await cache.client.hget(cache.keys.breaker("b"), "epoch")).decode()
     payload = f'{{"state":"closed","previous":"open","reason":"forced","epoch":"{epoch}"}}'
     jump = encode_envelope("breaker", "b", 5, int(time.time() * 1000), payload.encode())
-    with caplog.at_level(logging.WARNING, logger="tradecache.breaker"):
+    with caplog.at_level(logging.WARNING, logger="tradecache.coordination.breaker"):
         await publish(cache, channel, jump)
         await wait_until(lambda: "were missed" in caplog.text)
     assert breaker.seq == 5
@@ -463,7 +463,7 @@ async def test_a_recreated_breaker_starts_a_new_sequence(cache, caplog):
     assert breaker.seq == 1
     for key in breaker._keys:
         await cache.client.delete(key)  # as if Redis lost its data
-    with caplog.at_level(logging.WARNING, logger="tradecache.breaker"):
+    with caplog.at_level(logging.WARNING, logger="tradecache.coordination.breaker"):
         await breaker.reset()  # sees a new epoch: state closed, seq restarts
     assert "recreated" in caplog.text
     assert (breaker.state, breaker.seq) == (CLOSED, 0)
@@ -542,7 +542,7 @@ async def test_local_fallback_keeps_tripping_while_redis_is_down(redis_server_fa
         await breaker.sync()
         await failures(breaker, 1)
         server.stop()
-        with caplog.at_level(logging.WARNING, logger="tradecache.breaker"):
+        with caplog.at_level(logging.WARNING, logger="tradecache.coordination.breaker"):
             costs = []
             for _ in range(2):
                 started = time.monotonic()
@@ -557,6 +557,12 @@ async def test_local_fallback_keeps_tripping_while_redis_is_down(redis_server_fa
             assert time.monotonic() - started < 0.05  # no Redis call in the way
         assert max(costs) < 1.0  # the Redis call that found the outage is bounded
         assert "Redis unreachable" in caplog.text
+        # Structured fields for log pipelines: which breaker, which transition.
+        fields = [
+            (r.name, getattr(r, "breaker", None), getattr(r, "state", None)) for r in caplog.records
+        ]
+        assert ("tradecache.coordination.breaker", "b", None) in fields  # the fallback began
+        assert ("tradecache.coordination.breaker", "b", "open") in fields  # local transition
         local = [t for t in seen if t.local]
         assert [(t.state, t.seq) for t in local] == [(OPEN, None)]
         # Local half-open: one probe, it fails, open again.
@@ -875,7 +881,7 @@ async def test_failing_async_listener_is_logged(cache, caplog):
 
     breaker.on_change(broken)
     await breaker.sync()
-    with caplog.at_level(logging.ERROR, logger="tradecache.breaker"):
+    with caplog.at_level(logging.ERROR, logger="tradecache.coordination.breaker"):
         await failures(breaker, 1)
         await wait_until(lambda: "background task failed" in caplog.text)
 

@@ -347,7 +347,7 @@ async def test_idle_connection_is_checked_with_ping(cache):
 async def test_unanswered_ping_reconnects(cache, caplog):
     if cache.is_cluster:
         pytest.skip("stalls a server: only on this worker's own standalone server")
-    caplog.set_level(logging.WARNING, "tradecache.subscription")
+    caplog.set_level(logging.WARNING, "tradecache.coordination.subscription")
     async with Subscription(
         cache.context, [cache.keys.events_channel("stall")], health_interval=0.05
     ) as sub:
@@ -423,7 +423,7 @@ def test_buffer_merges_dropped_gaps():
 async def test_malformed_messages_are_counted_not_raised(cache, caplog):
     bus = cache.events
     channel = cache.keys.events_channel("m")
-    caplog.set_level(logging.WARNING, "tradecache.subscription")
+    caplog.set_level(logging.WARNING, "tradecache.coordination.subscription")
     async with bus.subscribe("m") as sub:
         await raw_publish(cache, channel, b"not json")
         await raw_publish(cache, channel, b'{"v": 99, "type": "x"}')

@@ -310,7 +310,7 @@ async def test_a_dead_owners_claim_is_taken_over_once_after_its_lease(cache, cap
         await asyncio.sleep(0.05)  # a slow exchange: others see it in flight
         return "placed"
 
-    with caplog.at_level(logging.WARNING, logger="tradecache.idempotency"):
+    with caplog.at_level(logging.WARNING, logger="tradecache.coordination.idempotency"):
         results = await asyncio.gather(
             *(idem.run("k", submit, wait=5) for _ in range(10)), return_exceptions=True
         )
@@ -335,8 +335,13 @@ async def test_losing_the_claim_while_running_is_reported(cache, caplog):
         await wait_until(lambda: renewals() >= 1, timeout=30)  # a renewal came due
         return "placed"
 
-    with caplog.at_level(logging.ERROR, logger="tradecache.idempotency"), pytest.raises(LockLost):
+    with (
+        caplog.at_level(logging.ERROR, logger="tradecache.coordination.idempotency"),
+        pytest.raises(LockLost),
+    ):
         await idem.run("k", hijacked)
+    taken = [r for r in caplog.records if "taken over while its call ran" in r.getMessage()]
+    assert [r.record for r in taken] == [record]  # structured: which claim
     assert "taken over while its call ran" in caplog.text
 
 
@@ -350,7 +355,7 @@ async def test_a_renewal_on_the_wire_when_the_call_ends_is_its_last(cache, caplo
         stats = cache.stats().get("idempotency.renew")
         return 0 if stats is None else stats.count
 
-    with caplog.at_level(logging.ERROR, logger="tradecache.idempotency"):
+    with caplog.at_level(logging.ERROR, logger="tradecache.coordination.idempotency"):
         renewal._due()  # a renewal goes on the wire (the record is gone: "not owned")...
         renewal.cancel()  # ...and the call ends before its reply
         await wait_until(lambda: renewals() == 1)
@@ -375,7 +380,7 @@ async def test_fail_closed_and_fail_open(redis_server_factory, caplog):
             await closed.run(order(), submit)
         assert time.monotonic() - started < 1.0  # decided within the settings' budget
         assert submit.calls == 0
-        with caplog.at_level(logging.WARNING, logger="tradecache.idempotency"):
+        with caplog.at_level(logging.WARNING, logger="tradecache.coordination.idempotency"):
             assert await opened.run(order(), submit) == "unprotected"
         assert submit.calls == 1
         assert "running unprotected" in caplog.text
@@ -394,7 +399,7 @@ async def test_an_outage_after_the_call_keeps_the_result_and_stores_it_later(
             server.kill()  # Redis dies while the exchange call runs
             return "placed"
 
-        with caplog.at_level(logging.WARNING, logger="tradecache.idempotency"):
+        with caplog.at_level(logging.WARNING, logger="tradecache.coordination.idempotency"):
             assert await idem.run("k", submit) == "placed"
         assert "could not store the outcome" in caplog.text
         server.restart()
@@ -448,7 +453,7 @@ async def test_an_outage_after_a_failure_leaves_the_claim_to_expire(redis_server
             raise Flaky
 
         with (
-            caplog.at_level(logging.WARNING, logger="tradecache.idempotency"),
+            caplog.at_level(logging.WARNING, logger="tradecache.coordination.idempotency"),
             pytest.raises(Flaky),  # the call's own error, not the outage
         ):
             await idem.run("k", fails)
@@ -466,7 +471,7 @@ async def test_storing_later_gives_up_after_the_lease(redis_server_factory, capl
             server.stop()
             return "placed"
 
-        with caplog.at_level(logging.WARNING, logger="tradecache.idempotency"):
+        with caplog.at_level(logging.WARNING, logger="tradecache.coordination.idempotency"):
             assert await idem.run("k", submit) == "placed"
             await wait_until(lambda: "gave up storing" in caplog.text, timeout=10)
 
@@ -483,7 +488,7 @@ async def test_a_claim_taken_over_before_a_late_store(redis_server_factory, capl
             server.kill()
             return "placed"
 
-        with caplog.at_level(logging.ERROR, logger="tradecache.idempotency"):
+        with caplog.at_level(logging.ERROR, logger="tradecache.coordination.idempotency"):
             assert await idem.run("k", submit) == "placed"
             server.restart()
             await server_client_hset(server, record)

@@ -106,7 +106,7 @@ __all__ = [
     "Transition",
 ]
 
-log = logging.getLogger("tradecache.breaker")
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -382,7 +382,12 @@ class _LocalBreaker:
         if state is not BreakerState.HALF_OPEN:
             self.probes = 0
         log.warning(
-            "breaker %r (local fallback): %s -> %s (%s)", self._owner.name, previous, state, reason
+            "breaker %r (local fallback): %s -> %s (%s)",
+            self._owner.name,
+            previous,
+            state,
+            reason,
+            extra={"breaker": self._owner.name, "state": str(state), "reason": reason},
         )
         self._owner._fire(
             Transition(
@@ -821,7 +826,12 @@ class CircuitBreaker:
     def _new_epoch(self, epoch: str) -> None:
         if self._epoch is not None:
             # The breaker was created anew (Redis lost its data): its sequence restarts.
-            log.warning("breaker %r was recreated in Redis (epoch %s)", self.name, epoch)
+            log.warning(
+                "breaker %r was recreated in Redis (epoch %s)",
+                self.name,
+                epoch,
+                extra={"breaker": self.name, "epoch": epoch},
+            )
             self._seq = -1
         self._epoch = epoch
 
@@ -873,7 +883,12 @@ class CircuitBreaker:
         try:
             payload: _Payload = event.decode(_Payload)
         except ValidationError as exc:
-            log.warning("breaker %r: ignoring a malformed transition: %s", self.name, exc)
+            log.warning(
+                "breaker %r: ignoring a malformed transition: %s",
+                self.name,
+                exc,
+                extra={"breaker": self.name},
+            )
             return
         self._observe(event.seq, payload)
         self._fire(
@@ -897,6 +912,7 @@ class CircuitBreaker:
             gap.first_seq,
             gap.last_seq,
             gap.reason,
+            extra={"breaker": self.name, "first_seq": gap.first_seq, "last_seq": gap.last_seq},
         )
         self._synced = False
 
@@ -907,7 +923,9 @@ class CircuitBreaker:
                 if inspect.isawaitable(result):
                     self._spawn(result)
             except Exception:
-                log.exception("breaker %r: on_change listener failed", self.name)
+                log.exception(
+                    "breaker %r: on_change listener failed", self.name, extra={"breaker": self.name}
+                )
 
     def _spawn(self, awaitable: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(awaitable)
@@ -917,7 +935,12 @@ class CircuitBreaker:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("breaker %r: background task failed", self.name, exc_info=task.exception())
+            log.error(
+                "breaker %r: background task failed",
+                self.name,
+                exc_info=task.exception(),
+                extra={"breaker": self.name},
+            )
 
     # --- fallback ------------------------------------------------------------------------------
 
@@ -931,6 +954,7 @@ class CircuitBreaker:
                 "breaker %r: Redis unreachable (%s); the local breaker decides for now",
                 self.name,
                 exc,
+                extra={"breaker": self.name},
             )
 
     def _start_recovery(self, now: float) -> None:
@@ -946,7 +970,9 @@ class CircuitBreaker:
             self._retry_redis_at = time.monotonic() + self.config.redis_backoff
         else:
             self._fallback = False
-            log.warning("breaker %r: Redis is reachable again", self.name)
+            log.warning(
+                "breaker %r: Redis is reachable again", self.name, extra={"breaker": self.name}
+            )
         finally:
             self._recovering = False
 

@@ -84,7 +84,7 @@ from ..scripts import Script
 
 __all__ = ["Idempotency", "IdempotencyRecord", "OnRedisDown", "canonical_hash"]
 
-log = logging.getLogger("tradecache.idempotency")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -265,7 +265,11 @@ class _Renewal:
                 self._idem.in_flight_ttl / 3, self._due
             )
         else:
-            log.error("idempotency claim %s was taken over while its call ran", self._key)
+            log.error(
+                "idempotency claim %s was taken over while its call ran",
+                self._key,
+                extra={"record": self._key},
+            )
 
     def cancel(self) -> None:
         """Stop renewing. A renewal on the wire is left to finish (one bounded round
@@ -405,7 +409,10 @@ class Idempotency:
                 if self.on_redis_down == "fail_closed":
                     raise
                 log.warning(
-                    "idempotency %s/%s: Redis unreachable, running unprotected", self.scope, key
+                    "idempotency %s/%s: Redis unreachable, running unprotected",
+                    self.scope,
+                    key,
+                    extra={"scope": self.scope, "key": key},
                 )
                 return await fn()
             status = _text(reply[0])
@@ -417,6 +424,7 @@ class Idempotency:
                         self.scope,
                         key,
                         reply[1],
+                        extra={"scope": self.scope, "key": key, "attempt": reply[1]},
                     )
                 return await self._execute(record, token, key, fn)
             if status == "done":
@@ -483,6 +491,7 @@ class Idempotency:
                 self.scope,
                 key,
                 exc,
+                extra={"scope": self.scope, "key": key},
             )
             _spawn(self._store_later(args))
             return
@@ -502,7 +511,10 @@ class Idempotency:
             except ConnectionLost:
                 if time.monotonic() >= deadline:
                     log.error(
-                        "idempotency %s: gave up storing an outcome of %s", self.scope, args[0]
+                        "idempotency %s: gave up storing an outcome of %s",
+                        self.scope,
+                        args[0],
+                        extra={"scope": self.scope, "record": args[0]},
                     )
                     return
                 delay = min(delay * 2, 1.0)
@@ -512,6 +524,7 @@ class Idempotency:
                     "idempotency %s: claim %s was taken over before its outcome was stored",
                     self.scope,
                     args[0],
+                    extra={"scope": self.scope, "record": args[0]},
                 )
             return
 
@@ -519,7 +532,13 @@ class Idempotency:
         try:
             await self._script(_RELEASE, "idempotency.release", record, token)
         except ConnectionLost as exc:  # the lease runs out on its own
-            log.warning("idempotency %s: could not release %s (%s)", self.scope, record, exc)
+            log.warning(
+                "idempotency %s: could not release %s (%s)",
+                self.scope,
+                record,
+                exc,
+                extra={"scope": self.scope, "record": record},
+            )
 
     async def _script(self, script: Script, operation: str, record: str, *args: str | bytes) -> Any:
         started = time.perf_counter()

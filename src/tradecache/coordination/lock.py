@@ -356,7 +356,7 @@ class _WakeHub:
                 writer = asyncio.create_task(self._write(connection))
                 await self._read(connection)
             except Exception as exc:
-                log.debug("lock wake-up connection failed: %r", exc)
+                log.debug("lock wake-up connection failed: %r", exc, extra={"error": repr(exc)})
             finally:
                 self._connection = None
                 if writer is not None:  # a failed send also breaks the read: we get here
@@ -603,7 +603,11 @@ class LockManager:
     def _settled(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.debug("background lock task failed: %r", task.exception())
+            log.debug(
+                "background lock task failed: %r",
+                task.exception(),
+                extra={"error": repr(task.exception())},
+            )
 
     async def aclose(self) -> None:
         """Let background releases finish (briefly), then close the dedicated connections.
@@ -746,7 +750,12 @@ class Lease:
             except TradecacheError as exc:
                 # Transient (or so we hope): try again soon. If Redis stays away,
                 # the local deadline declares the loss, not this loop.
-                log.debug("renewal of lock %r failed: %r", self.name, exc)
+                log.debug(
+                    "renewal of lock %r failed: %r",
+                    self.name,
+                    exc,
+                    extra={"lock": self.name, "fence": self.fence},
+                )
                 due = time.monotonic() + interval / 4
                 continue
             if not renewed:
@@ -791,7 +800,12 @@ class Lease:
         held_for = time.monotonic() - self.granted_at
         self.metrics.observe("lock.lost", held_for, error=True)
         log.warning(
-            "lock %r (fence %d) lost after %.3fs: %s", self.name, self.fence, held_for, reason
+            "lock %r (fence %d) lost after %.3fs: %s",
+            self.name,
+            self.fence,
+            held_for,
+            reason,
+            extra={"lock": self.name, "fence": self.fence, "reason": reason},
         )
         manager = self._lock.manager
         if cleanup:
@@ -806,7 +820,11 @@ class Lease:
             if inspect.isawaitable(result):
                 manager._spawn(result)
         except Exception:
-            log.exception("on_lost callback of lock %r failed", self.name)
+            log.exception(
+                "on_lost callback of lock %r failed",
+                self.name,
+                extra={"lock": self.name, "fence": self.fence},
+            )
 
     # --- fenced writes ---------------------------------------------------------------------
 
@@ -882,7 +900,12 @@ class Lease:
         except TradecacheError as error:
             if exc_type is None:
                 raise
-            log.warning("release of lock %r failed: %r", self.name, error)
+            log.warning(
+                "release of lock %r failed: %r",
+                self.name,
+                error,
+                extra={"lock": self.name, "fence": self.fence},
+            )
             return
         if not held and exc_type is None:
             raise LockLost(

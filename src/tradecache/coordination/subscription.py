@@ -108,7 +108,7 @@ __all__ = [
     "use_sharded",
 ]
 
-logger = logging.getLogger("tradecache.subscription")
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -645,7 +645,12 @@ class Subscription:
 
     def _connection_lost(self, exc: BaseException) -> None:
         self.disconnects += 1
-        logger.warning("%s: connection lost (%s); reconnecting", self.name, exc)
+        logger.warning(
+            "%s: connection lost (%s); reconnecting",
+            self.name,
+            exc,
+            extra={"subscription": self.name},
+        )
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         # A link task only ends when cancelled (close) or by an unexpected error;
@@ -653,7 +658,7 @@ class Subscription:
         if task.cancelled():
             return
         exc = task.exception()
-        logger.error("%s: reader stopped by %r", self.name, exc)
+        logger.error("%s: reader stopped by %r", self.name, exc, extra={"subscription": self.name})
         self._failure = self._failure or exc
         self._wakeup.set()
 
@@ -699,6 +704,7 @@ class Subscription:
                 channel,
                 self.malformed,
                 reason,
+                extra={"subscription": self.name, "channel": channel},
             )
 
     async def _receive(self, channel: str, envelope: Envelope) -> None:
@@ -733,7 +739,12 @@ class Subscription:
             except _LINK_ERRORS:
                 raise
             except Exception:
-                logger.exception("%s: backfill of %s failed", self.name, topic)
+                logger.exception(
+                    "%s: backfill of %s failed",
+                    self.name,
+                    topic,
+                    extra={"subscription": self.name, "topic": topic},
+                )
                 found = ()
             envelopes = [self._parse(state.channel, raw, topic) for raw in found]
             for envelope in sorted(filter(None, envelopes), key=lambda e: e.seq):
@@ -762,7 +773,13 @@ class Subscription:
             await self._fill(topic, state, last)
 
     def _reset(self, topic: str, state: _Topic) -> None:
-        logger.warning("%s: sequence of %s restarted after %d", self.name, topic, state.seq)
+        logger.warning(
+            "%s: sequence of %s restarted after %d",
+            self.name,
+            topic,
+            state.seq,
+            extra={"subscription": self.name, "topic": topic},
+        )
         self._gap(topic, state.seq + 1, None, "reset")
         state.seq = 0
         state.time = 0
@@ -772,5 +789,12 @@ class Subscription:
         self._put(Gap(topic, first, last, reason))
 
     def _put(self, item: Item) -> None:
-        self._buffer.put(item)
-        self._wakeup.set()
+        try:
+            self._buffer.put(item)
+        except SubscriptionOverflow as exc:
+            # Failed now, not once the reader's task has ended: a get() in between
+            # must not hand out queued items as if nothing had happened.
+            self._failure = self._failure or exc
+            raise
+        finally:
+            self._wakeup.set()

@@ -55,7 +55,7 @@ _UPSERT: Final = Script("ohlcv_upsert", include=("envelope",))
 _SINCE: Final = Script("ohlcv_since")
 _POSITION: Final = Script("seq_position")
 
-logger = logging.getLogger("tradecache.ohlcv")
+logger = logging.getLogger(__name__)
 
 _encode: Final = msgspec.json.Encoder(enc_hook=enc_hook).encode
 _decode_candle: Final = msgspec.json.Decoder(Candle, dec_hook=dec_hook).decode
@@ -324,7 +324,11 @@ class OHLCVCache:
                     candles = _decode_candles(item.envelope.payload)
                 except (msgspec.ValidationError, msgspec.DecodeError) as exc:
                     logger.warning(
-                        "ohlcv:%s: bad candles in seq %d: %s", series.topic, item.seq, exc
+                        "ohlcv:%s: bad candles in seq %d: %s",
+                        series.topic,
+                        item.seq,
+                        exc,
+                        extra={"topic": series.topic, "seq": item.seq},
                     )
                     continue
                 for candle in candles:

@@ -208,6 +208,7 @@ class StreamGroups(Generic[T]):
             group,
             stream,
             ", ".join(ids),
+            extra={"store": self.name, "group": group, "stream": stream},
         )
 
     async def _delivery(self, stream: str, group: str, entry_id: str, fields: Any) -> Delivery[T]:
@@ -221,7 +222,14 @@ class StreamGroups(Generic[T]):
             # (XRANGE) for inspection, and the caller sees the error.
             await self._client.xack(stream, group, entry_id)
             self.metrics.observe(f"{self.name}.malformed", 0.0, error=True)
-            log.error("%s: malformed entry %s on %s: %s", self.name, entry_id, stream, exc)
+            log.error(
+                "%s: malformed entry %s on %s: %s",
+                self.name,
+                entry_id,
+                stream,
+                exc,
+                extra={"store": self.name, "stream": stream, "entry_id": entry_id},
+            )
             raise ValidationError(
                 "entry", f"{stream} {entry_id} is not a valid {self.model.__name__}: {exc}"
             ) from exc

@@ -69,7 +69,7 @@ _SET: Final = Script("ticker_set", include=("envelope",))
 _DELETE_EXCHANGE: Final = Script("ticker_delete_exchange")
 _POSITION: Final = Script("seq_position")
 
-logger = logging.getLogger("tradecache.tickers")
+logger = logging.getLogger(__name__)
 
 # Tickers per script call in set_many: bounds how long one script holds the server
 # (about 5 µs per ticker) while keeping the per-call overhead negligible.
@@ -719,7 +719,13 @@ class _Hub:
         try:
             ticker = _payload(envelope)
         except ValidationError as exc:
-            logger.warning("tickers:%s: bad ticker in seq %d: %s", self.ex.name, envelope.seq, exc)
+            logger.warning(
+                "tickers:%s: bad ticker in seq %d: %s",
+                self.ex.name,
+                envelope.seq,
+                exc,
+                extra={"exchange": self.ex.name, "seq": envelope.seq},
+            )
             return
         seq = envelope.seq
         for mailbox in self.mailboxes:
