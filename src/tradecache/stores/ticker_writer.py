@@ -48,10 +48,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
+import msgspec
+
 from .._tasks import cancel_and_wait
 from ..errors import TradecacheError, ValidationError
-from ..models import Ticker
-from .tickers import BATCH_SIZE, _encode
+from ..models import Ticker, enc_hook
 
 if TYPE_CHECKING:
     from .tickers import TickCache, _Exchange
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["TickerWriter", "WriterStats"]
 
 FLUSH_METRIC: Final = "tickers.writer.flush"
+
+_encode: Final = msgspec.json.Encoder(enc_hook=enc_hook).encode  # as TickCache.set encodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +283,8 @@ class TickerWriter:
             return 0
         self._pending, self._size = {}, 0
         self._full.clear()
+        from .tickers import BATCH_SIZE  # tickers imports this module
+
         store = self._store
         calls: list[tuple[_Exchange, list[Any]]] = []
         for ex, symbols in batch.values():

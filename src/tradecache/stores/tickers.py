@@ -41,7 +41,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import msgspec
 
@@ -62,9 +62,7 @@ from ..keys import validate_exchange, validate_symbol
 from ..metrics import instrumented
 from ..models import Ticker, convert, dec_hook, enc_hook, translate_msgspec_error
 from ..scripts import Script, ScriptBatch
-
-if TYPE_CHECKING:
-    from .ticker_writer import TickerWriter
+from .ticker_writer import TickerWriter
 
 __all__ = ["TickCache"]
 
@@ -285,8 +283,6 @@ class TickCache:
                 async for ticker in feed():
                     await w.set(ticker, exchange="binance")
         """
-        from .ticker_writer import TickerWriter
-
         return TickerWriter(self, flush_interval_ms, max_batch)
 
     @redis_errors
