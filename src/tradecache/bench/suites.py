@@ -8,6 +8,12 @@ operations and the same raw baselines, measured by
 * ``tickers``: ``tickers.set`` (one Lua call: HSET + INCRBY + PUBLISH) vs a
   pipelined HSET + PUBLISH of pre-encoded JSON; ``tickers.get`` vs HGET +
   msgspec decode; ``set_many(100)`` vs one pipeline of 100 x (HSET + PUBLISH).
+* ``writer``: ``tickers.writer`` (100 tickers queued, then written by one
+  flush: one pipeline of ``ticker_set.lua`` calls) and ``set_many(100)`` vs the
+  reference library's approach (three sequential commands per ticker: HSET,
+  SET of its time, PUBLISH; pre-encoded, in its favour), and the writer vs one
+  raw pipeline of 100 x (HSET + PUBLISH). Goal: writer/set_many >= 5x the
+  reference.
 * ``events``: ``events.publish`` (sequence, capped backlog, PUBLISH in one Lua
   call) vs a raw PUBLISH of the same JSON.
 * ``orders``: submit + consume + ack of 10 orders vs XADD + XREADGROUP + XACK;
@@ -124,6 +130,55 @@ async def tickers(cache: Cache) -> list[Case]:
         Case("tickers.set vs HSET+PUBLISH pipeline", ours_set, raw_set, "tickers"),
         Case("tickers.get vs HGET + decode", ours_get, raw_get, "reads"),
         Case("tickers.set_many(100) vs pipeline", ours_many, raw_many, "tickers"),
+    ]
+
+
+async def writer(cache: Cache) -> list[Case]:
+    """The batched writer and set_many against the reference's per-ticker commands."""
+    client: Any = cache.client
+    batch = [_ticker(f"W{i}/USDT", 100.0 + i) for i in range(100)]
+    encoded = [(t.symbol, _encode(t)) for t in batch]
+    raw_hash = cache.keys.key("bench-raw", EXCHANGE)
+    raw_channel = cache.keys.channel("bench-raw", EXCHANGE)
+    # The reference library's keys: a hash per exchange, a time key and a channel per symbol.
+    ref_hash = cache.keys.key("bench-ref", "tickers", EXCHANGE)
+    ref_time = cache.keys.key("bench-ref", "ticker_time", EXCHANGE, SYMBOL)
+    ref_channel = cache.keys.channel("bench-ref", "ticker_updates", EXCHANGE, SYMBOL)
+    ref_payload = encoded[0][1]
+
+    async def ours_writer() -> int:
+        # A writer's whole life per call (task started, flushed, closed): in the
+        # baselines' favour, a feed keeps one writer open.
+        async with cache.tickers.writer(flush_interval_ms=60_000, max_batch=1000) as w:
+            for ticker in batch:
+                await w.set(ticker)
+        return len(batch)
+
+    async def ours_many() -> int:
+        return await cache.tickers.set_many(batch)
+
+    async def reference() -> int:
+        await client.hset(ref_hash, SYMBOL, ref_payload)
+        await client.set(ref_time, "1700000000.0")
+        await client.publish(ref_channel, ref_payload)
+        return 1
+
+    async def raw_pipeline() -> int:
+        pipe = client.pipeline(transaction=False)
+        for symbol, data in encoded:
+            pipe.hset(raw_hash, symbol, data)
+            pipe.publish(raw_channel, data)
+        await pipe.execute()
+        return len(encoded)
+
+    return [
+        Case(
+            "tickers.writer(100) vs reference 3 commands/ticker", ours_writer, reference, "tickers"
+        ),
+        Case(
+            "tickers.set_many(100) vs reference 3 commands/ticker", ours_many, reference, "tickers"
+        ),
+        Case("tickers.writer(100) vs HSET+PUBLISH pipeline", ours_writer, raw_pipeline, "tickers"),
     ]
 
 
@@ -315,6 +370,7 @@ SUITES: Final[dict[str, Suite]] = {
     for suite in (
         Suite("tickers", "ticker store: set, get, set_many", tickers),
         Suite("events", "event bus: publish", events),
+        Suite("writer", "batched ticker writes vs the reference approach", writer),
         Suite("orders", "order queue, order records, positions, trades", orders),
         Suite("lock", "locks and bot claims, uncontended", lock),
         Suite("processes", "heartbeats and the metadata hit path", processes),

@@ -46,6 +46,7 @@ from ..stores.orders import OrdersCache
 from ..stores.processes import ProcessCache, SystemHealth
 from ..stores.streams import Delivery
 from ..stores.symbols import SymbolCache
+from ..stores.ticker_writer import TickerWriter, WriterStats
 from ..stores.tickers import TickCache
 from ..stores.trades import TradesCache
 
@@ -57,6 +58,8 @@ SURFACE: tuple[tuple[str, type], ...] = (
     ("await cache.health()", Health),
     ("cache.stats()[operation]", OperationStats),
     ("cache.tickers", TickCache),
+    ("async with cache.tickers.writer(...) as w", TickerWriter),
+    ("cache.tickers.writer(...).stats()", WriterStats),
     ("cache.ohlcv", OHLCVCache),
     ("cache.orders", OrdersCache),
     ("cache.trades", TradesCache),

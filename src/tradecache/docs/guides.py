@@ -174,6 +174,21 @@ next update *after* the call (it subscribes before it reads), never the
 stored value. A ticker is stale once older than `settings.stale_after`
 (by its `received` time); `max_age=` turns stale tickers into misses.
 
+For feeds faster than one round trip per ticker, a writer batches:
+
+```python
+async with cache.tickers.writer(flush_interval_ms=50, max_batch=500) as w:
+    async for ticker in feed():                 # ccxt tickers, thousands per second
+        await w.set(ticker, exchange="binance")  # validated now, written soon
+print(w.stats().coalesced, cache.stats()["tickers.writer.flush"].p99_ms)
+```
+
+It keeps the latest ticker per symbol until the next flush (every
+`flush_interval_ms`, or once `max_batch` symbols are pending, and on close),
+writes them through the `set_many` path (watchers still get each one), makes
+`set` wait when a flush is in flight and the queue is full, and reports a
+failed flush: the next `set`, `flush` or `close` raises its `ConnectionLost`.
+
 ## Candles (`cache.ohlcv`)
 
 ```python

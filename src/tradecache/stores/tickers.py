@@ -62,6 +62,7 @@ from ..keys import validate_exchange, validate_symbol
 from ..metrics import instrumented
 from ..models import Ticker, convert, dec_hook, enc_hook, translate_msgspec_error
 from ..scripts import Script, ScriptBatch
+from .ticker_writer import TickerWriter
 
 __all__ = ["TickCache"]
 
@@ -266,6 +267,23 @@ class TickCache:
                 calls.append((ex, (*head, *pairs[start : start + 2 * BATCH_SIZE])))
         await self._write_indexing(calls)
         return count
+
+    def writer(self, flush_interval_ms: float = 50, max_batch: int = 1000) -> TickerWriter:
+        """A :class:`~tradecache.stores.ticker_writer.TickerWriter`: batched, coalescing writes.
+
+        For feeds faster than one round trip per ticker: ``set`` queues (the
+        latest ticker per symbol wins) and a background task writes the queue
+        every ``flush_interval_ms``, or as soon as ``max_batch`` symbols are
+        pending, through the :meth:`set_many` path (watchers get every written
+        ticker pushed). Bad ``flush_interval_ms``/``max_batch`` raise ``ValidationError``.
+
+        Example::
+
+            async with cache.tickers.writer(flush_interval_ms=50, max_batch=500) as w:
+                async for ticker in feed():
+                    await w.set(ticker, exchange="binance")
+        """
+        return TickerWriter(self, flush_interval_ms, max_batch)
 
     @redis_errors
     async def _write_indexing(self, calls: Sequence[tuple[_Exchange, Sequence[Any]]]) -> None:
