@@ -16,10 +16,12 @@ processing that many trades (so it can be SIGKILLed mid-batch), and sets
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 
 from tradecache import Cache
+from tradecache.errors import ConnectionLost
 from tradecache.stores.streams import Delivery
 
 
@@ -70,15 +72,18 @@ async def consume(
             await delivery.ack()
 
         while True:
-            async for delivery in cache.trades.consume(
-                group, name, exchange, symbol, count=20, block=0.3
-            ):
-                await handle(delivery)
-            for delivery in await cache.trades.reclaim(group, name, 1.0, exchange, symbol):
-                await handle(delivery)
-            stop = await cache.client.exists(test_key(cache, "stop"))
-            if stop and await cache.trades.pending(group, exchange, symbol) == 0:
-                return
+            # A consumer outlives a slow or lost connection (a read timeout on an overloaded
+            # machine): what it handled but did not ack is pending and comes back by reclaim.
+            with contextlib.suppress(ConnectionLost):
+                async for delivery in cache.trades.consume(
+                    group, name, exchange, symbol, count=20, block=0.3
+                ):
+                    await handle(delivery)
+                for delivery in await cache.trades.reclaim(group, name, 1.0, exchange, symbol):
+                    await handle(delivery)
+                stop = await cache.client.exists(test_key(cache, "stop"))
+                if stop and await cache.trades.pending(group, exchange, symbol) == 0:
+                    return
 
 
 def main(argv: list[str]) -> None:
