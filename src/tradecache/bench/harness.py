@@ -518,20 +518,16 @@ def _num(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.0f}{unit}"
 
 
-def _latency(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1000:
-        return f"{value / 1000:.2f} ms"
-    return f"{value:.0f} µs"
+def _latency(value: float) -> str:
+    return f"{value / 1000:.2f} ms" if value >= 1000 else f"{value:.0f} µs"
 
 
-def _pair(first: float | None, second: float | None, fmt: Callable[[float | None], str]) -> str:
-    return "-" if first is None and second is None else f"{fmt(first)} / {fmt(second)}"
+def _pair(first: float | None, second: float | None, fmt: Callable[[float], str]) -> str:
+    return "-" if first is None or second is None else f"{fmt(first)} / {fmt(second)}"
 
 
-def _trips(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
+def _trips(value: float) -> str:
+    return f"{value:.2f}"
 
 
 def _ratio(row: Row) -> str:

@@ -157,8 +157,8 @@ async def serve(url: str, namespace: str, index: int, inbox: Any, outbox: Any) -
 
     Example: ``asyncio.run(serve(url, "tcbench-1", 0, inbox, outbox))``
     """
-    try:
-        async with Cache.connect(url, namespace=namespace) as cache:
+    try:  # many processes connect at once on a loaded machine: a generous connect timeout
+        async with Cache.connect(url, namespace=namespace, connect_timeout=10.0) as cache:
             ops = _ops(cache, index)
             for call in ops.values():  # warm up: scripts loaded, keys exist
                 await call()
@@ -217,11 +217,13 @@ class Pool:
         replies: list[Any] = []
         deadline = time.monotonic() + self.timeout
         while len(replies) < n:
+            if time.monotonic() >= deadline:
+                raise WorkerError(f"no reply from the workers within {self.timeout} s")
             try:
                 status, value = self._outbox.get(timeout=0.5)
             except queue.Empty:
                 dead = [p.exitcode for p in self._processes if p.exitcode is not None]
-                if dead or time.monotonic() > deadline:
+                if dead:
                     raise WorkerError(f"no reply (workers exited: {dead})") from None
                 continue
             if status == "error":

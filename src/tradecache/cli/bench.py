@@ -56,7 +56,7 @@ def render_rows(rows: list[Row], title: str) -> Table:
     Example: ``Console().print(render_rows(report.rows, "bench"))``
     """
     table = Table(title=escape(title), title_justify="left")
-    table.add_column("case", overflow="fold")
+    table.add_column("case", overflow="fold", min_width=24)
     table.add_column("ours /s", justify="right")
     table.add_column("baseline /s", justify="right")
     table.add_column("ours/base", justify="right", no_wrap=True)
