@@ -498,6 +498,7 @@ class Report:
                     "|---|---|---|---|---|---|---|---|---|---|",
                 ]
             lines.append(_markdown_row(row))
+        lines += _scaling(self.rows)
         goals = [row for row in self.rows if row.goal is not None]
         if goals:
             lines += [
@@ -512,6 +513,31 @@ class Report:
                     f"| {row.goal} | {row.suite}: {row.case} | {_measured(row)} | {_verdict(row)} |"
                 )
         return "\n".join(lines) + "\n"
+
+
+def _scaling(rows: list[Row]) -> list[str]:
+    """A table per suite whose rows come from several client processes (``extra["processes"]``)."""
+    lines: list[str] = []
+    scaled = [row for row in rows if "processes" in row.extra]
+    for name in dict.fromkeys(row.suite for row in scaled):
+        lines += [
+            "",
+            f"### {name}: scaling with client processes",
+            "",
+            "| operation | processes | ours /s | ours x vs 1 process | baseline /s "
+            "| baseline x vs 1 process | ours/baseline |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in scaled:
+            if row.suite == name:
+                extra = row.extra
+                lines.append(
+                    f"| {row.case.partition(',')[0]} | {extra['processes']:.0f} "
+                    f"| {_num(row.ours)} | {extra.get('ours scaling vs 1 process', 0):.2f}x "
+                    f"| {_num(row.raw)} | {extra.get('raw scaling vs 1 process', 0):.2f}x "
+                    f"| {_ratio(row)} |"
+                )
+    return lines
 
 
 def _num(value: float | None, unit: str = "") -> str:

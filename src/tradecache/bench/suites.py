@@ -805,14 +805,18 @@ async def cluster(bench: Bench) -> list[Case | Probe]:
         url = await bench.cluster_url()
         namespace = f"{bench.namespace}-cluster"
         rates: dict[tuple[int, str, str], list[float]] = {}
+        calls: dict[tuple[int, str, str], list[float]] = {}
 
         def measure() -> None:
             with Pool(max(counts), url, namespace) as pool:
                 for index, n, op in itertools.product(range(rounds), counts, OPS):
                     for side in ("ours", "raw") if index % 2 == 0 else ("raw", "ours"):
                         start_at = time.monotonic() + 0.1
-                        done = pool.run(n, ("ops", op, side, start_at, duration))
-                        rates.setdefault((n, op, side), []).append(sum(done) / duration)
+                        replies = pool.run(n, ("ops", op, side, start_at, duration))
+                        done = sum(count for count, _ in replies)
+                        rates.setdefault((n, op, side), []).append(done / duration)
+                        samples = calls.setdefault((n, op, side), [])
+                        samples += [us for _, latencies in replies for us in latencies]
 
         try:
             await asyncio.to_thread(measure)

@@ -11,12 +11,12 @@ namespace of the run), and sends them commands; a phase may use the first
 * ``("ops", op, side, start_at, duration)``: run ``op`` (``tickers.set``,
   ``tickers.get``, ``lock``) as ``side`` (``"ours"`` or ``"raw"``) for
   ``duration`` seconds from ``start_at`` (``time.monotonic()``, system-wide on
-  Linux), returns the operation count.
+  Linux), returns ``(operations, µs per call)``.
 
 Example::
 
     with Pool(4, url, namespace) as pool:
-        counts = pool.run(2, ("ops", "tickers.set", "ours", time.monotonic() + 0.2, 1.0))
+        replies = pool.run(2, ("ops", "tickers.set", "ours", time.monotonic() + 0.2, 1.0))
 """
 
 from __future__ import annotations
@@ -110,14 +110,18 @@ async def _run_ops(
     side: str,
     start_at: float,
     duration: float,
-) -> int:
+) -> tuple[int, list[float]]:
     call = ops[op, side]
     await _until(start_at)
-    done, end = 0, start_at + duration
-    while time.monotonic() < end:
+    samples: list[float] = []
+    end = start_at + duration
+    now = time.monotonic()
+    while now < end:
         await call()
-        done += 1
-    return done
+        after = time.monotonic()
+        samples.append((after - now) * 1e6)
+        now = after
+    return len(samples), samples
 
 
 async def _run_lock(
