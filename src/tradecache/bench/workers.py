@@ -35,10 +35,11 @@ import msgspec
 from redis.asyncio.lock import Lock as RedisPyLock
 
 from ..cache import Cache
+from ..errors import TradecacheError
 from ..models import Ticker, dec_hook, enc_hook, utc_now
 from .harness import percentile
 
-__all__ = ["OPS", "Pool", "handoff_stats", "serve"]
+__all__ = ["OPS", "Pool", "WorkerError", "handoff_stats", "serve"]
 
 SPAWN: Final = multiprocessing.get_context("spawn")
 OPS: Final = ("tickers.set", "tickers.get", "lock")
@@ -51,8 +52,8 @@ _encode = msgspec.json.Encoder(enc_hook=enc_hook).encode
 _decode_ticker = msgspec.json.Decoder(Ticker, dec_hook=dec_hook).decode
 
 
-class WorkerError(RuntimeError):
-    """A worker process failed a command (its exception, as text)."""
+class WorkerError(TradecacheError, RuntimeError):
+    """A worker process failed, or did not answer in time (``tradecache bench`` prints it)."""
 
 
 def _ops(cache: Cache, index: int) -> dict[tuple[str, str], Callable[[], Awaitable[None]]]:
@@ -116,7 +117,7 @@ async def _run_ops(
     samples: list[float] = []
     end = start_at + duration
     now = time.monotonic()
-    while now < end:
+    while not samples or now < end:  # at least one call, even when the command came late
         await call()
         after = time.monotonic()
         samples.append((after - now) * 1e6)
