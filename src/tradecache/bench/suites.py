@@ -10,6 +10,9 @@ Redis work as ours, with payloads encoded beforehand on the raw side.
   favour); ``set_many(1000)`` vs one raw pipeline, and vs the reference
   approach (no batch call: one ticker at a time); ``get`` vs HGET + msgspec
   decode, and vs the reference (PING + HGET + ``json.loads``).
+* ``writer``: ``tickers.writer`` (100 tickers queued, one flush) and
+  ``set_many(100)`` vs the reference approach, the writer vs one raw pipeline;
+  skipped while the store has no writer.
 * ``local_cache``: ``tickers.get`` on a cache connected with
   ``local_cache=True`` vs HGET + decode; skipped while that option does not exist.
 * ``orders``: submit + consume + ack of a batch vs XADD + XREADGROUP + XACK;
@@ -204,6 +207,71 @@ async def tickers(bench: Bench) -> list[Case | Probe]:
             "get vs HGET + decode", ours_get, raw_get, "reads", goal=at_least(0.85, "raw redis-py")
         ),
         Case("get vs reference", ours_get, ref_get, "reads", "reference: PING + HGET + json"),
+    ]
+
+
+@suite("writer", "batched ticker writes (tickers.writer) vs the reference approach")
+async def writer(bench: Bench) -> list[Case | Probe]:
+    """The batched writer and set_many against the reference's per-ticker commands."""
+    cache, client = bench.cache, bench.client
+    goal = at_least(5, "reference")
+    if not hasattr(cache.tickers, "writer"):
+        name = "tickers.writer(100) vs reference 3 commands/ticker"
+        return [skipped(name, "cache.tickers has no writer yet", goal)]
+    batch = [_ticker(f"W{i}/USDT", 100.0 + i) for i in range(100)]
+    encoded = [(t.symbol, _encode(t)) for t in batch]
+    raw_hash, raw_channel = bench.key(EXCHANGE), cache.keys.channel("bench-raw", EXCHANGE)
+    # The reference library's keys: a hash per exchange, a time key and a channel per symbol.
+    ref_hash = bench.key("ref", "tickers", EXCHANGE)
+    ref_time = bench.key("ref", "ticker_time", EXCHANGE, SYMBOL)
+    ref_channel = bench.key("ref", "ticker_updates", EXCHANGE, SYMBOL)
+    ref_payload = encoded[0][1]
+
+    async def ours_writer() -> int:
+        # A writer's whole life per call (task started, flushed, closed): in the
+        # baselines' favour, a feed keeps one writer open.
+        tickers: Any = cache.tickers
+        async with tickers.writer(flush_interval_ms=60_000, max_batch=1000) as w:
+            for ticker in batch:
+                await w.set(ticker)
+        return len(batch)
+
+    async def ours_many() -> int:
+        return await cache.tickers.set_many(batch)
+
+    async def reference() -> int:
+        await client.hset(ref_hash, SYMBOL, ref_payload)
+        await client.set(ref_time, "1700000000.0")
+        await client.publish(ref_channel, ref_payload)
+        return 1
+
+    async def raw_pipeline() -> int:
+        pipe = client.pipeline(transaction=False)
+        for symbol, data in encoded:
+            pipe.hset(raw_hash, symbol, data)
+            pipe.publish(raw_channel, data)
+        await pipe.execute()
+        return len(encoded)
+
+    ref = "reference: 3 commands per ticker"
+    return [
+        Case(
+            "tickers.writer(100) vs reference 3 commands/ticker",
+            ours_writer,
+            reference,
+            "tickers",
+            ref,
+            goal,
+        ),
+        Case(
+            "tickers.set_many(100) vs reference 3 commands/ticker",
+            ours_many,
+            reference,
+            "tickers",
+            ref,
+            goal,
+        ),
+        Case("tickers.writer(100) vs HSET+PUBLISH pipeline", ours_writer, raw_pipeline, "tickers"),
     ]
 
 
