@@ -1,4 +1,4 @@
-"""``tradecache check``, ``top`` and ``bench`` (and the CLI's logging), against real servers."""
+"""``tradecache check`` and ``top`` (and the CLI's logging), against real servers."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from tradecache import Cache
-from tradecache.bench import SUITES, Case, measure_case, run_benchmarks, select
 from tradecache.cache import Health
 from tradecache.cli import commands
 from tradecache.cli.check import render_report
@@ -40,7 +39,6 @@ from tradecache.cli.top import (
     snapshot,
     watch,
 )
-from tradecache.errors import ValidationError
 from tradecache.models import BotStatus, ProcessInfo, ProcessStatus, from_ms, utc_now
 from tradecache.server import RedisServer
 from tradecache.stores.processes import SystemHealth
@@ -417,90 +415,6 @@ def test_render_edge_cases() -> None:
     assert "forced" in text and "weird" in text
     assert " 2 " in text  # the lag of a Redis 7 group
     assert now.tzinfo is not None
-
-
-# --- bench -----------------------------------------------------------------------------------
-
-
-def test_bench_quick_on_the_embedded_server(tmp_root: Path) -> None:
-    result = runner.invoke(commands.app, ["bench", "--quick"])
-    assert result.exit_code == 0, result.output
-    assert "tradecache vs raw redis-py on redis://127.0.0.1:" in result.stdout
-    for name in SUITES:
-        assert name in result.stdout
-    assert "x" in result.stdout and "Traceback" not in result.output
-    assert not list(tmp_root.iterdir())
-
-
-def test_bench_json_of_one_suite(redis_url: str) -> None:
-    args = ["bench", "--quick", "--json", "--only", "events", "--url", redis_url]
-    result = runner.invoke(commands.app, args)
-    assert result.exit_code == 0, result.output
-    [row] = json.loads(result.stdout)
-    assert row["suite"] == "events" and row["case"] == "events.publish vs PUBLISH"
-    assert row["ours"] > 0 and row["raw"] > 0 and row["ratio"] > 0 and row["rounds"] == 2
-    assert redis.Redis.from_url(redis_url).dbsize() == 0  # its namespace is gone
-
-
-def test_bench_errors_are_messages(redis_cluster: Endpoint) -> None:
-    result = runner.invoke(commands.app, ["bench", "--quick", "--only", "nope", "--url", CLOSED])
-    assert result.exit_code == 1
-    assert result.stderr.startswith("tradecache bench: only: no suite nope (one of: tickers")
-    result = runner.invoke(commands.app, ["bench", "--quick", "--url", CLOSED])
-    assert result.exit_code == 1 and "unreachable" in result.stderr
-    result = runner.invoke(commands.app, ["bench", "--quick", "--url", redis_cluster.url])
-    assert result.exit_code == 1
-    assert "benchmarks need a standalone server, not a Cluster" in result.stderr
-
-
-async def test_measure_case_alternates_and_ticks() -> None:
-    calls: list[str] = []
-    ticks: list[int] = []
-
-    async def ours() -> int:
-        calls.append("ours")
-        await asyncio.sleep(0)
-        return 2
-
-    async def raw() -> int:
-        calls.append("raw")
-        await asyncio.sleep(0)
-        return 1
-
-    row = await measure_case("s", Case("c", ours, raw, "things"), 3, 0.001, lambda: ticks.append(1))
-    assert row.suite == "s" and row.case == "c" and row.unit == "things" and row.rounds == 3
-    assert row.ours > 0 and row.raw > 0 and row.low <= row.ratio <= row.high
-    assert calls[0] == "ours" and "raw" in calls and len(ticks) == 3
-    assert row.to_dict()["case"] == "c"
-
-
-async def test_run_benchmarks_arguments(redis_url: str) -> None:
-    assert [s.name for s in select()] == list(SUITES)
-    assert [s.name for s in select(["lock"])] == ["lock"]
-    with pytest.raises(ValidationError):
-        await run_benchmarks(redis_url, select(), rounds=0)
-    with pytest.raises(ValidationError):
-        await run_benchmarks(redis_url, select(), slice_s=0)
-    seen: list[tuple[str, str, int]] = []
-    rows = await run_benchmarks(
-        redis_url,
-        select(["lock"]),
-        rounds=1,
-        slice_s=0.001,
-        warmup=0,
-        on_case=lambda *args: seen.append(args),
-    )
-    assert [r.case for r in rows] == [case for _, case, _ in seen]
-    assert all(count == 2 for _, _, count in seen)
-    [row] = await run_benchmarks(redis_url, select(["events"]), rounds=1, slice_s=0.001)
-    assert row.suite == "events" and row.rounds == 1
-
-
-def test_bench_with_explicit_rounds(redis_url: str) -> None:
-    args = ["bench", "--rounds", "1", "--slice", "0.001", "--only", "events", "--url", redis_url]
-    result = runner.invoke(commands.app, args)
-    assert result.exit_code == 0, result.output
-    assert "(1 rounds x 0.001s)" in result.stdout and "events.publish" in result.stdout
 
 
 # --- logging ---------------------------------------------------------------------------------

@@ -1,21 +1,20 @@
-"""Benchmarks of tradecache against raw redis-py, importable from an installed package.
+"""Benchmarks of tradecache against raw redis-py (and others), importable from an installed package.
 
-``tradecache bench`` runs these suites; code can too::
+``tradecache bench``, ``python benchmarks/run_all.py`` and every
+``benchmarks/bench_<name>.py`` run these suites; code can too::
 
-    from tradecache.bench import run_benchmarks, select
+    from tradecache.bench import run_report, select
 
-    rows = await run_benchmarks("redis://localhost:6379/0", select(["tickers"]), rounds=5)
-    for row in rows:
-        print(row.suite, row.case, f"{row.ratio:.2f}x")
+    report = await run_report("redis://localhost:6379/0", select(["tickers"]), rounds=5)
+    print(report.markdown())
 
-**Where the benchmarks live.** ``benchmarks/bench_*.py`` in the repository
-are the detailed, figures-of-record scripts (multi-process lock contention,
-publish->receive latency distributions, the reference library's approach
-...): they are not installed, and each keeps running standalone. This package
-holds the harness (:mod:`tradecache.bench.harness`: interleaved slices,
-ratios) and one compact suite per script (:mod:`tradecache.bench.suites`: the
-same headline ours-vs-raw comparisons), so ``tradecache bench`` works from a
-wheel with no repository around.
+* :mod:`tradecache.bench.harness`: the one measuring implementation
+  (interleaved slices, throughput, p50/p99, round trips, ratios, goals,
+  markdown and JSON);
+* :mod:`tradecache.bench.suites`: the project's suites, one decorated
+  function each (``@suite(name, description)``);
+* :mod:`tradecache.bench.workers`: worker processes for the multi-process
+  probes (lock handoff, Cluster scaling).
 """
 
 from __future__ import annotations
@@ -23,21 +22,55 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import ValidationError
-from .harness import Case, Op, Row, Suite, measure_case, run_benchmarks
-from .suites import SUITES
+from . import suites as _suites  # noqa: F401  (registers the project's suites)
+from .harness import (
+    SUITES,
+    Bench,
+    Case,
+    Goal,
+    Op,
+    Probe,
+    Report,
+    Row,
+    Suite,
+    at_least,
+    at_most,
+    measure_case,
+    run_benchmarks,
+    run_report,
+    suite,
+)
 
-__all__ = ["SUITES", "Case", "Op", "Row", "Suite", "measure_case", "run_benchmarks", "select"]
+__all__ = [
+    "SUITES",
+    "Bench",
+    "Case",
+    "Goal",
+    "Op",
+    "Probe",
+    "Report",
+    "Row",
+    "Suite",
+    "at_least",
+    "at_most",
+    "measure_case",
+    "run_benchmarks",
+    "run_report",
+    "select",
+    "suite",
+]
 
 
-def select(only: Sequence[str] = ()) -> list[Suite]:
-    """The suites named in ``only`` (all when empty); an unknown name raises ``ValidationError``.
+def select(only: Sequence[str] = (), skip: Sequence[str] = ()) -> list[Suite]:
+    """The suites named in ``only`` (all when empty), minus ``skip``; unknown names raise.
 
-    Example: ``select(["tickers", "lock"])``
+    Raises ``ValidationError`` for a name that is no suite.
+
+    Example: ``select(["tickers", "lock"])``, ``select(skip=["cluster"])``
     """
-    if not only:
-        return list(SUITES.values())
-    unknown = [name for name in only if name not in SUITES]
+    unknown = [name for name in [*only, *skip] if name not in SUITES]
     if unknown:
         names = ", ".join(SUITES)
         raise ValidationError("only", f"no suite {', '.join(unknown)} (one of: {names})")
-    return [SUITES[name] for name in only]
+    chosen = only or list(SUITES)
+    return [SUITES[name] for name in chosen if name not in skip]

@@ -725,8 +725,11 @@ balances, positions and bot status are one hash field per symbol or currency.
 
 * `tradecache server [--port 0] [--cluster]` (the `cli` extra): an embedded
   Redis, standalone or Cluster, until Ctrl-C; prints its URL.
-* `python benchmarks/bench_<topic>.py [--url URL]` (from a checkout): this
-  library against raw redis-py on the same server, as ratios.
+* `tradecache bench [--quick] [--only SUITE] [--out STEM]` (the `cli` extra), or
+  `python benchmarks/run_all.py` / `benchmarks/bench_<suite>.py [--url URL]` from a
+  checkout: this library against raw redis-py (and the reference approach,
+  redis-py's `Lock`, pybreaker) on the same server, as ratios with p50/p99
+  latencies and the goals met or missed.
 * `python -m tradecache.examples.<name> [URL]`: the examples.
 """
 )
