@@ -101,17 +101,18 @@ class LocalCacheStats:
 class _Link:
     """One tracking connection: redirected to itself, subscribed to invalidations."""
 
-    __slots__ = ("conn", "name")
+    __slots__ = ("client_id", "conn", "name")
 
     def __init__(self, conn: Any, name: str) -> None:
         self.conn = conn
-        self.name = name
+        self.name = name  # the node's name on a Cluster ("host:port"), else "redis"
+        self.client_id = 0  # CLIENT ID on the server, once open
 
     async def open(self, prefixes: Sequence[str]) -> None:
         conn = self.conn
         await conn.connect()
         await conn.send_command("CLIENT", "ID")
-        client_id = await conn.read_response()
+        self.client_id = client_id = int(await conn.read_response())
         tracking = ["CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST"]
         for prefix in prefixes:
             tracking += ["PREFIX", prefix]
@@ -166,6 +167,14 @@ class LocalCache:
     def __repr__(self) -> str:
         state = "serving" if self._serving else "not serving"
         return f"<LocalCache {state} size={len(self._entries)}/{self.max_size}>"
+
+    @property
+    def links(self) -> list[tuple[str, int]]:
+        """``(node name, CLIENT ID)`` of each open tracking connection (for admin and tests).
+
+        Example: ``[(node, cid)] = cache.local_cache.links``
+        """
+        return [(link.name, link.client_id) for link in self._links]
 
     @property
     def serving(self) -> bool:
@@ -366,11 +375,12 @@ class LocalCache:
         self._epoch += 1
         self.flushes += 1
 
-    def _down(self) -> None:
+    def _down(self, lost: bool = True) -> None:
         """Stop serving and flush (idempotent: nothing is cached while not serving)."""
         self._up.clear()
         if self._serving:
-            logger.warning("local cache: invalidations lost; flushed, reading from Redis")
+            if lost:
+                logger.warning("local cache: invalidations lost; flushed, reading from Redis")
             self._serving = False
             self._flush()
 
@@ -412,7 +422,7 @@ class LocalCache:
                 await asyncio.sleep(delay)
                 delay = min(max(delay * 2, _BACKOFF_MIN), _BACKOFF_MAX)
         finally:
-            self._down()  # cancelled (close) or a bug: never serve without invalidations
+            self._down(lost=False)  # closed (or a bug): never serve without invalidations
 
     async def _connect(self) -> None:
         targets = self._targets()
@@ -448,7 +458,7 @@ class LocalCache:
                 if task.done():
                     task.result()  # raises the reader's connection error
         finally:
-            self._down()  # first: no entry is served while the readers stop
+            self._down(lost=False)  # first: no entry is served while the readers stop
             await cancel_and_wait(*readers)
 
     def _topology_changed(self) -> bool:
