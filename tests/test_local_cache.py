@@ -49,12 +49,22 @@ async def kill_link(cache: Cache, index: int = 0) -> None:
 # --- the read path ---------------------------------------------------------------------------
 
 
+async def remembered(local: LocalCache, key: str, field: Any, read: Any) -> Any:
+    """Call ``read()`` until its value is cached (the first reads may race invalidations)."""
+
+    async def once() -> bool:
+        await read()
+        return local.get(key, field) is not MISS
+
+    await wait_until(once)
+    return local.get(key, field)
+
+
 async def test_ticker_get_is_served_locally_until_a_write_invalidates_it(cache_factory):
     reader, writer, local = await pair(cache_factory)
     key = reader.keys.ticker_hash(EX)
     await writer.tickers.set(ticker("BTC/USDT", 1.0), EX)
-    await wait_until(lambda: local.get(key, "BTC/USDT") is MISS)  # the set's own invalidation
-    first = await reader.tickers.get(EX, "BTC/USDT")
+    first = await remembered(local, key, "BTC/USDT", lambda: reader.tickers.get(EX, "BTC/USDT"))
     assert first is not None and first.last == 1.0
     hits = local.stats().hits
     assert await reader.tickers.get(EX, "BTC/USDT") is first  # the same object: no I/O
@@ -66,14 +76,15 @@ async def test_ticker_get_is_served_locally_until_a_write_invalidates_it(cache_f
     assert again is not None and again.last == 2.0
     assert local.stats().invalidations >= 2
     # max_age applies to the cached ticker too
-    assert await reader.tickers.get(EX, "BTC/USDT", max_age=0) is None
+    await wait_until(lambda: _gone(reader.tickers.get(EX, "BTC/USDT", max_age=0.001)))
 
 
 async def test_a_missing_ticker_is_cached_as_none_until_it_is_set(cache_factory):
     reader, writer, local = await pair(cache_factory)
     key = reader.keys.ticker_hash(EX)
-    assert await reader.tickers.get(EX, "ETH/USDT") is None
-    assert local.get(key, "ETH/USDT") is None  # a cached "no ticker"
+    assert (
+        await remembered(local, key, "ETH/USDT", lambda: reader.tickers.get(EX, "ETH/USDT")) is None
+    )
     await writer.tickers.set(ticker("ETH/USDT", 3.0), EX)
     found = await wait_until(lambda: reader.tickers.get(EX, "ETH/USDT"))
     assert found.last == 3.0
@@ -83,19 +94,22 @@ async def test_get_all_is_cached_and_never_hands_out_the_cached_dict(cache_facto
     reader, writer, local = await pair(cache_factory)
     key = reader.keys.ticker_hash(EX)
     await writer.tickers.set_many([ticker("BTC/USDT", 1.0), ticker("ETH/USDT", 2.0)], EX)
-    await wait_until(lambda: local.stats().invalidations >= 1)
-    await wait_until(lambda: local.get(key) is MISS)
+    await remembered(local, key, None, lambda: reader.tickers.get_all(EX))
     everything = await reader.tickers.get_all(EX)
     assert sorted(everything) == ["BTC/USDT", "ETH/USDT"]
     everything.clear()  # the caller's copy
     hits = local.stats().hits
     again = await reader.tickers.get_all(EX)
     assert sorted(again) == ["BTC/USDT", "ETH/USDT"] and local.stats().hits == hits + 1
-    assert await reader.tickers.get_all(EX, max_age=0) == {}
-    assert local.stats().hits == hits + 2
+    await wait_until(lambda: _empty(reader.tickers.get_all(EX, max_age=0.001)))
+    assert local.stats().hits >= hits + 2
     await writer.tickers.delete(EX, "ETH/USDT")
     await wait_until(lambda: local.get(key) is MISS)
     assert sorted(await reader.tickers.get_all(EX)) == ["BTC/USDT"]
+
+
+async def _empty(pending: Any) -> bool:
+    return not await pending
 
 
 async def test_a_corrupt_ticker_raises_and_hands_its_ticket_back(cache_factory):
@@ -115,8 +129,7 @@ async def test_metadata_reads_are_cached_with_their_ttl(cache_factory):
         {"id": "BTCUSDT", "symbol": "BTC/USDT", "base": "BTC", "quote": "USDT"}, "okx"
     )
     entry = reader.keys.exchange_meta("okx")
-    await wait_until(lambda: reader.exchanges.get("okx"))
-    await wait_until(lambda: local.get(entry) is not MISS)
+    await wait_until(lambda: _cached(local, entry, reader.exchanges.get("okx")))
     hits = local.stats().hits
     okx = await reader.exchanges.get("okx")
     assert okx is not None and okx.name == "OKX" and local.stats().hits == hits + 1
@@ -256,95 +269,111 @@ async def test_a_read_raced_by_an_invalidation_is_not_stored(cache_factory):
     local.abandon(key, None)  # a ticket from while not serving: nothing to hand back
 
 
+class Fence:
+    """Waits until every invalidation the server emitted so far reached ``local``.
+
+    It writes its own key (in the slot of ``key``, under a tracked prefix) and waits
+    for that key's invalidation: invalidations arrive in the server's order on one
+    connection, so every earlier one (of the same node) has arrived by then.
+    """
+
+    def __init__(self, local: LocalCache, writer: Cache, key: str) -> None:
+        self.writer = writer
+        self.key = key + ":fence"
+        self.arrived = 0
+        original = local.invalidate
+        names = (self.key, self.key.encode())
+
+        def spy(keys: Any) -> None:
+            if keys is not None and any(k in names for k in keys):
+                self.arrived += 1
+            original(keys)
+
+        local.invalidate = spy  # type: ignore[method-assign]
+
+    async def sync(self) -> None:
+        before = self.arrived
+        await self.writer.client.incr(self.key)
+        await wait_until(lambda: self.arrived > before, timeout=10)
+
+
+@pytest.mark.slow
 async def test_concurrent_writers_never_leave_a_stale_read_after_the_invalidation(
     cache_factory, redis_endpoint, redis_namespace
 ):
     """Randomized property test: writers in other connections and another OS process.
 
-    Each symbol has one writer writing versions 1, 2, 3 ... Readers hammer the local
-    cache. A checker reads the version ``d`` straight from Redis, then writes its own
-    fence key (same slot) and waits until that key's invalidation arrived: every
-    invalidation the server emitted before (the one of version ``d`` included) has
-    arrived then, on the same connection. A read started after that must return a
-    version >= ``d``.
+    * ``binance``: writers in other connections write versions 1, 2, 3 ... of some
+      symbols, in lockstep with a checker, while readers hammer the local cache (so
+      reads are in flight when each invalidation arrives). After each write the
+      checker waits until the write's invalidation arrived (a :class:`Fence`); then
+      every read must return exactly the version written.
+    * ``okx``: another OS process writes versions without pause; the checker reads a
+      version ``d`` straight from Redis, waits for the fence, and a read must return
+      a version >= ``d``.
     """
     reader = await cache_factory(local_cache=True, pool_size=64)
     local = reader.local_cache
     assert local is not None
     writers = [await cache_factory() for _ in range(2)]
-    raw = await cache_factory()
     rng = random.Random(7)
-    own = [f"W{i}/USDT" for i in range(4)]  # written in this process
-    remote = ["P0/USDT", "P1/USDT"]  # written by another process
-    key = reader.keys.ticker_hash(EX)
-    fence = key + ":fence"
-    arrivals = {"count": 0}
-    original = local.invalidate
-
-    def spy(keys: Any) -> None:
-        if keys is not None and any(k in (fence, fence.encode()) for k in keys):
-            arrivals["count"] += 1
-        original(keys)
-
-    local.invalidate = spy  # type: ignore[method-assign]
+    own = [f"W{i}/USDT" for i in range(3)]
+    remote = ["P0/USDT", "P1/USDT"]
+    fences = {ex: Fence(local, writers[0], reader.keys.ticker_hash(ex)) for ex in (EX, "okx")}
     stop = asyncio.Event()
-
-    async def write(cache: Cache, symbol: str) -> None:
-        version = 0
-        while not stop.is_set():
-            version += 1
-            await cache.tickers.set(ticker(symbol, float(version)), EX)
-            if rng.random() < 0.2:
-                await asyncio.sleep(0)
 
     async def hammer() -> None:
         while not stop.is_set():
-            await reader.tickers.get(EX, rng.choice(own + remote))
-            if rng.random() < 0.1:
+            await reader.tickers.get(EX, rng.choice(own))
+            if rng.random() < 0.2:
                 await reader.tickers.get_all(EX)
+            if rng.random() < 0.2:
+                await reader.tickers.get("okx", rng.choice(remote))
+            await asyncio.sleep(0)  # a hit does no I/O: it never yields by itself
 
-    async def check(rounds: int) -> int:
-        checked = 0
+    async def lockstep(rounds: int) -> None:
+        versions = dict.fromkeys(own, 0)
         for _ in range(rounds):
-            symbol = rng.choice(own + remote)
-            data = await raw.client.hget(key, symbol)
-            if data is None:
-                await asyncio.sleep(0.001)
-                continue
-            direct = (await raw.tickers.get(EX, symbol)).last  # type: ignore[union-attr]
-            before = arrivals["count"]
-            await raw.client.incr(fence)
-            await wait_until(lambda b=before: arrivals["count"] > b, timeout=10)
+            symbol = rng.choice(own)
+            versions[symbol] += 1
+            await rng.choice(writers).tickers.set(ticker(symbol, versions[symbol]), EX)
+            await fences[EX].sync()
             got = await reader.tickers.get(EX, symbol)
-            assert got is not None and got.last >= direct, (symbol, got, direct)
+            assert got is not None and got.last == versions[symbol], (symbol, got)
             everything = await reader.tickers.get_all(EX)
-            assert everything[symbol].last >= direct
-            checked += 1
-        return checked
+            assert {s: t.last for s, t in everything.items()} == {
+                s: v for s, v in versions.items() if v
+            }
+
+    async def behind_process(rounds: int) -> None:
+        for _ in range(rounds):
+            symbol = rng.choice(remote)
+            direct = await writers[1].tickers.get("okx", symbol)
+            assert direct is not None
+            await fences["okx"].sync()
+            got = await reader.tickers.get("okx", symbol)
+            assert got is not None and got.last >= direct.last, (symbol, got, direct)
 
     ctx = multiprocessing.get_context("spawn")
     stop_process, written = ctx.Event(), ctx.Value("i", 0)
     process = ctx.Process(
         target=local_cache_writer.run,
-        args=(redis_endpoint.url, redis_namespace, EX, remote, stop_process, written),
+        args=(redis_endpoint.url, redis_namespace, "okx", remote, stop_process, written),
     )
     process.start()
+    hammers = [asyncio.create_task(hammer()) for _ in range(8)]
     try:
-        tasks = [asyncio.create_task(write(writers[i % 2], s)) for i, s in enumerate(own)]
-        tasks += [asyncio.create_task(hammer()) for _ in range(4)]
         await wait_until(lambda: written.value > 0, timeout=30)
-        checked = await check(150)
-        assert checked > 100
+        await asyncio.gather(lockstep(300), behind_process(100))
         assert process.is_alive()  # the other process kept writing throughout
         stats = local.stats()
-        assert stats.hits > 0 and stats.invalidations > 100
+        assert stats.hits > 0 and stats.invalidations > 300
     finally:
         stop.set()
         stop_process.set()
-        for task in tasks:
-            await task
+        await asyncio.gather(*hammers)
         process.join(timeout=30)
-        if process.is_alive():
+        if process.is_alive():  # pragma: no cover - only when the test already failed
             process.kill()
             process.join()
     assert process.exitcode == 0
