@@ -262,6 +262,11 @@ async def test_a_read_raced_by_an_invalidation_is_not_stored(cache_factory):
     assert not local.store(key, "Y", "old", second)
     assert local._inflight == {} and local._touched == {}
 
+    local.max_size = 1  # least recently used out: the key's last field goes too
+    assert local.store(other, "A", 1, local.begin(other))
+    assert local.store(key, "B", 2, local.begin(key))
+    assert local.get(other, "A") is MISS and local._fields == {key: {"B"}}
+
     ticket = local.begin(key)
     local.invalidate(None)  # FLUSHALL: every ticket is void
     assert not local.store(key, "Z", "old", ticket)
@@ -451,6 +456,7 @@ async def test_a_server_refusing_tracking_leaves_reads_on_redis(redis_url):
     local = LocalCache(client, ["lc-a:", "lc-a:b"], connect_timeout=0.2)
     try:
         await local.start()
+        await local.start()  # once is enough: the background task keeps trying
         assert not local.serving and local.begin("lc-a:x") is None
         assert local.get("lc-a:x") is MISS
         assert await local.fill("lc-a:x", None, client.get("lc-a:x"), lambda v: v) is None
