@@ -183,10 +183,14 @@ class LocalCache:
 
     @property
     def serving(self) -> bool:
-        """True while every tracking connection is up (entries are served and stored)."""
+        """True while every tracking connection is up (entries are served and stored).
+
+        Example: ``await wait_until(lambda: cache.local_cache.serving)``
+        """
         return self._serving
 
     def __len__(self) -> int:
+        """The number of cached entries: ``len(cache.local_cache)``."""
         return len(self._entries)
 
     def stats(self) -> LocalCacheStats:
@@ -267,6 +271,16 @@ class LocalCache:
         """A ticket for a read of ``key`` about to be sent; None when not serving.
 
         Every ticket must be handed back to :meth:`store` or :meth:`abandon`.
+
+        Example::
+
+            ticket = local.begin(key)
+            try:
+                raw = await client.get(key)
+            except BaseException:
+                local.abandon(key, ticket)
+                raise
+            local.store(key, None, decode(raw), ticket)
         """
         if not self._serving:
             return None
@@ -274,7 +288,10 @@ class LocalCache:
         return (self._epoch, self._seq)
 
     def abandon(self, key: str, ticket: tuple[int, int] | None) -> None:
-        """Hand back a ticket without storing (the read failed)."""
+        """Hand back a ticket without storing (the read failed).
+
+        Example: ``local.abandon(key, ticket)`` (see :meth:`begin`)
+        """
         if ticket is None:
             return
         left = self._inflight[key] - 1
@@ -296,6 +313,8 @@ class LocalCache:
 
         ``ttl`` (seconds) bounds the entry's life locally (a key with a TTL
         expires lazily on the server, without an invalidation until then).
+
+        Example: ``local.store(key, None, record, ticket, ttl=pttl / 1000)`` (see :meth:`begin`)
         """
         if ticket is None:
             return False
