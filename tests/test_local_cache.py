@@ -12,7 +12,7 @@ import redis.asyncio as redis_asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from helpers import local_cache_writer
-from tradecache import Cache, ValidationError
+from tradecache import Cache, ConnectionLost, ValidationError
 from tradecache.config import Settings
 from tradecache.local_cache import MISS, LocalCache
 from tradecache.testing import wait_until
@@ -498,3 +498,45 @@ async def test_cluster_tracks_every_master_and_follows_topology(cache_factory, r
     await kill_link(reader, 1)
     await wait_until(lambda: local.stats().reconnects == 3, timeout=10)
     await _filled(reader, local, key)
+
+
+@pytest.mark.slow
+async def test_cluster_failover_moves_tracking_to_the_promoted_replica():
+    from tradecache.server import RedisClusterServer
+
+    async with (
+        RedisClusterServer(replicas=1, node_timeout=1000) as cluster,
+        Cache.connect(cluster.url, namespace="lcfail", local_cache=True) as reader,
+        Cache.connect(cluster.url, namespace="lcfail") as writer,
+    ):
+        local = reader.local_cache
+        assert local is not None and len(local.links) == 3
+        key = reader.keys.ticker_hash(EX)
+        await writer.tickers.set(ticker("BTC/USDT", 1.0), EX)
+        await _filled(reader, local, key)
+        port = reader.client.get_node_from_key(key).port  # type: ignore[union-attr]
+        [master] = [node for node in cluster.masters if node.port == int(port)]
+        master.kill()
+        await wait_until(lambda: not local.serving, timeout=10)
+        assert local.get(key, "BTC/USDT") is MISS
+
+        async def written() -> bool:
+            try:
+                await writer.tickers.set(ticker("BTC/USDT", 2.0), EX)
+            except ConnectionLost:
+                return False
+            return True
+
+        await wait_until(written, timeout=60, interval=0.1)  # the replica took over
+        await wait_until(lambda: local.serving, timeout=30, interval=0.05)
+        assert {name for name, _ in local.links} == {
+            node.name
+            for node in reader.client.get_primaries()  # type: ignore[union-attr]
+        }
+        found = await wait_until(lambda: reader.tickers.get(EX, "BTC/USDT"), timeout=30)
+        assert found.last == 2.0
+        # the promoted master's invalidations reach the local cache
+        await _filled(reader, local, key)
+        await writer.tickers.set(ticker("BTC/USDT", 3.0), EX)
+        await wait_until(lambda: local.get(key, "BTC/USDT") is MISS, timeout=10)
+        assert (await reader.tickers.get(EX, "BTC/USDT")).last == 3.0  # type: ignore[union-attr]
