@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as redis_asyncio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio.cluster import RedisCluster
 
 from helpers import local_cache_writer
@@ -272,6 +274,63 @@ async def test_a_read_raced_by_an_invalidation_is_not_stored(cache_factory):
     assert not local.store(key, "Z", "old", ticket)
     assert len(local) == 0
     local.abandon(key, None)  # a ticket from while not serving: nothing to hand back
+
+
+_KINDS = ("begin", "write", "deliver", "store", "fail", "flushall", "get")
+
+
+@settings(max_examples=400, deadline=None)
+@given(seed=st.integers(0, 2**32), size=st.integers(1, 4))
+def test_model_no_entry_is_older_than_a_delivered_invalidation(seed, size):
+    """Hypothesis model: reads in flight, writes, delayed invalidations, flushes, LRU.
+
+    The server's version of key ``k`` grows with each write; its invalidation is queued
+    and delivered later, in order. A read's reply is any version between the one at
+    its ``begin`` and the current one (it was answered some time in between). Invariant:
+    a cached value is never older than the newest write whose invalidation was delivered.
+    """
+    local = LocalCache(redis_asyncio.Redis(), ["m:"], max_size=size)
+    local._serving = True  # as after a (re)connect; no connection is needed for the model
+    keys = ["m:a", "m:b"]
+    server = dict.fromkeys(keys, 0)  # current version per key
+    delivered = dict.fromkeys(keys, 0)  # version whose invalidation arrived last
+    queue: list[tuple[str, int]] = []  # invalidations sent, not yet delivered
+    flight: list[tuple[str, Any, int]] = []  # (key, ticket, version at begin)
+    rng = random.Random(seed)  # the operations: a seeded random walk (hypothesis picks seeds)
+    ops = [(rng.choice(_KINDS), rng.randrange(2), rng.randrange(100)) for _ in range(60)]
+    for op, k, n in ops:
+        key = keys[k]
+        if op == "begin":
+            flight.append((key, local.begin(key), server[key]))
+        elif op == "write":
+            server[key] += 1
+            queue.append((key, server[key]))
+        elif op == "deliver" and queue:
+            done, version = queue.pop(0)
+            delivered[done] = version
+            local.invalidate([done.encode()])
+        elif op in ("store", "fail") and flight:
+            key, ticket, low = flight.pop(n % len(flight))
+            if op == "fail":
+                local.abandon(key, ticket)
+            else:
+                answered = low + n % (server[key] - low + 1)
+                local.store(key, None, answered, ticket)
+        elif op == "flushall":
+            for done, version in queue:  # FLUSHALL's null invalidation follows them
+                delivered[done] = version
+            queue.clear()
+            local.invalidate(None)
+        elif op == "get":
+            value = local.get(key)
+            assert value is MISS or value >= delivered[key], (key, value, delivered)
+        for name in keys:
+            cached = local._entries.get((name, None))
+            assert cached is None or cached[0] >= delivered[name]
+        assert len(local) <= size
+    for key, ticket, _ in flight:
+        local.abandon(key, ticket)
+    assert local._inflight == {} and local._touched == {}
 
 
 class Fence:
