@@ -15,7 +15,7 @@ A ratio is ours / baseline throughput; the table gives the median over rounds an
 the p10..p90 of the per-round ratios, and p50/p99 call latencies over all slices.
 The goal (issue 7) is local-cache ticker reads >= 20x raw ``HGET``.
 
-Run: ``python benchmarks/bench_local_cache.py [--url URL] [--rounds 20] [--slice 0.2]``
+Run: ``python benchmarks/bench_local_cache_detail.py [--url URL] [--rounds 20] [--slice 0.2]``
 (default: an embedded server from ``tradecache.server``). Pin with ``taskset -c 0`` for
 figures of record (the embedded server inherits the affinity).
 """
