@@ -31,7 +31,9 @@ any client, sends the key's name to us. Then:
   tracking connection is not cached.
 
 **Guarantee.** A read that starts after the invalidation of a write arrived
-never returns the value from before that write. Staleness is bounded by the
+never returns the value from before that write (reads must go to the masters,
+redis-py's default: with ``read_from_replicas`` a lagging replica's answer
+could be cached). Staleness is bounded by the
 delivery of one invalidation message (normally well under a millisecond on a
 LAN); while the connection silently hangs, by at most twice the health
 interval, after which the cache stops serving.

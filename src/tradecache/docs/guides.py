@@ -366,7 +366,8 @@ Cluster a changed set of masters rebuilds the connections.
 **The guarantee:** a read that starts after the invalidation of a write
 arrived never returns the value from before that write. The invalidation
 normally arrives within a fraction of a millisecond of the write; a read
-concurrent with a write may return either value, as with Redis itself.
+concurrent with a write may return either value, as with Redis itself. Reads
+must go to the masters (redis-py's default; not `read_from_replicas`).
 
 **The cost:**
 * memory: at most `local_cache_size` entries (LRU), decoded objects shared by
