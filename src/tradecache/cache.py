@@ -39,6 +39,7 @@ from .coordination.lock import Lock, LockManager, OnLost
 from .coordination.state import SharedState
 from .errors import ConnectionLost, redis_errors
 from .keys import Keys
+from .local_cache import LocalCache
 from .metrics import Metrics, OperationStats
 from .stores.accounts import AccountCache
 from .stores.bots import BotCache
@@ -92,7 +93,9 @@ class Cache:
     * ``keys``: the :class:`~tradecache.keys.Keys` schema of the namespace;
     * ``codec``: the :class:`~tradecache.codec.Codec` models are stored with;
     * ``metrics``: per-operation counters behind :meth:`stats`;
-    * ``server_version``: ``(major, minor, patch)`` of the server, read at connect.
+    * ``server_version``: ``(major, minor, patch)`` of the server, read at connect;
+    * ``local_cache``: the :class:`~tradecache.local_cache.LocalCache` serving hot
+      reads from memory when the ``local_cache`` setting is on, else None.
     """
 
     def __init__(
@@ -111,6 +114,16 @@ class Cache:
         self.server_version = server_version
         self._owns_client = owns_client
         self._closed = False
+        self.local_cache: LocalCache | None = None
+        if settings.local_cache:
+            prefix = self.keys.prefix
+            self.local_cache = LocalCache(
+                client,
+                [prefix + "ticker:", prefix + "exmeta:", prefix + "symmeta:"],
+                max_size=settings.local_cache_size,
+                health_interval=settings.local_cache_health_interval,
+                connect_timeout=settings.connect_timeout + settings.socket_timeout,
+            )
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -151,6 +164,7 @@ class Cache:
         settings: Settings | None = None,
         client: Client | None = None,
         cluster: bool | None = None,
+        local_cache: bool | None = None,
         **overrides: Any,
     ) -> _Connecting:
         """Connect to Redis; await it, or use it as an async context manager.
@@ -158,7 +172,9 @@ class Cache:
         ``url`` may be a URL or a ``Settings``; ``namespace`` and any other
         keyword (``socket_timeout=0.2``, ``codec="msgpack"`` ...) override the
         settings. With ``client=`` the given redis-py client is used as is and
-        never closed by the cache.
+        never closed by the cache. ``local_cache=True`` serves hot reads from
+        memory, kept correct by Redis invalidations (see
+        :mod:`tradecache.local_cache`; size: ``local_cache_size=``).
 
         Raises :class:`~tradecache.errors.ConnectionLost` if the server cannot
         be reached within the latency budget.
@@ -177,6 +193,8 @@ class Cache:
             values["namespace"] = namespace
         if cluster is not None:
             values["cluster"] = cluster
+        if local_cache is not None:
+            values["local_cache"] = local_cache
         if settings is None:
             settings = Settings(**values)
         elif values:
@@ -190,6 +208,8 @@ class Cache:
             await self.close()
             raise
         self.server_version = _parse_version(str(info.get("redis_version", "0.0.0")))
+        if self.local_cache is not None:
+            await self.local_cache.start()
 
     @redis_errors
     async def _info(self, section: str) -> dict[str, Any]:
@@ -217,6 +237,8 @@ class Cache:
             await self.breakers.close()
         if "tickers" in self.__dict__:  # its watchers' subscriptions and reader tasks
             await self.tickers.close()
+        if self.local_cache is not None:
+            await self.local_cache.close()
         if self._owns_client:
             await self.client.aclose()
 
@@ -309,6 +331,7 @@ class Cache:
             settings=self.settings,
             metrics=self.metrics,
             server_version=self.server_version,
+            local_cache=self.local_cache,
         )
 
     @cached_property

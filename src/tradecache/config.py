@@ -133,6 +133,19 @@ class Settings(BaseSettings):
         default=86_400.0, description="how long a stopped process record is kept"
     )
 
+    # --- client-side caching (local_cache.py) ------------------------------------------------
+    local_cache: bool = Field(
+        default=False,
+        description="serve hot reads (tickers, exchange/symbol metadata) from process memory",
+    )
+    local_cache_size: int = Field(
+        default=10_000, ge=1, le=10_000_000, description="entries kept by the local cache (LRU)"
+    )
+    local_cache_health_interval: float = Field(
+        default=1.0,
+        description="a tracking connection silent this long is pinged; twice: flushed",
+    )
+
     @field_validator(
         "connect_timeout",
         "socket_timeout",
@@ -144,6 +157,7 @@ class Settings(BaseSettings):
         "metadata_load_timeout",
         "process_stale_after",
         "process_retention",
+        "local_cache_health_interval",
     )
     @classmethod
     def _check_positive(cls, value: float) -> float:

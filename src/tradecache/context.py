@@ -13,6 +13,7 @@ the facade. Building a store by hand::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from redis.asyncio.cluster import RedisCluster
 
@@ -22,12 +23,15 @@ from .connection import Client
 from .keys import Keys
 from .metrics import Metrics
 
+if TYPE_CHECKING:
+    from .local_cache import LocalCache
+
 __all__ = ["Context"]
 
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """Client, keys, codec, settings, metrics and server version of one cache."""
+    """Client, keys, codec, settings, metrics, server version and local cache of one cache."""
 
     client: Client
     keys: Keys
@@ -35,6 +39,7 @@ class Context:
     settings: Settings
     metrics: Metrics
     server_version: tuple[int, int, int]
+    local_cache: LocalCache | None = None  # set when the ``local_cache`` setting is on
 
     @property
     def is_cluster(self) -> bool:

@@ -347,6 +347,56 @@ async with SqlLoader("sqlite+aiosqlite:///metadata.db") as sql:
     market = await cache.symbols.get("binance", "BTC/USDT")
 ```
 
+## Local cache: hot reads from memory (`local_cache=True`)
+
+Opt in per process, with `Cache.connect(..., local_cache=True)` or
+`TRADECACHE_LOCAL_CACHE=1`. Then repeated reads are answered from process
+memory, without a round trip (a few microseconds instead of a Redis round trip):
+
+```python
+cache = await Cache.connect(url, local_cache=True, local_cache_size=50_000)
+ticker = await cache.tickers.get("binance", "BTC/USDT")    # miss: HGET, then remembered
+ticker = await cache.tickers.get("binance", "BTC/USDT")    # hit: no I/O
+stats = cache.local_cache.stats()                          # hits, misses, invalidations, ...
+print(stats.hits, stats.misses, stats.invalidations, stats.flushes, stats.serving)
+```
+
+**What is cached:** `tickers.get` (a missing ticker too) and `tickers.get_all`
+(per exchange), `exchanges.get` and `symbols.get` entries (negative entries
+too, each for no longer than its TTL). Not cached: watch/next (already
+pushed), `tickers.price`, lists, orders, balances and everything else. The
+circuit breaker needs no local cache: its state is already a local view kept
+up to date by push.
+
+**How it stays correct:** one dedicated connection per Redis node (per master
+on a Cluster) runs `CLIENT TRACKING on REDIRECT <itself> BCAST PREFIX
+<namespace>:ticker: ...` and receives `__redis__:invalidate` messages: every
+write to a cached key, from any process, drops the local entries of that key;
+`FLUSHALL` drops everything. A read whose reply was in flight while the
+invalidation of its key arrived is returned but not cached. When a tracking
+connection is lost (or silent for twice `local_cache_health_interval`), the
+local cache is flushed and reads go to Redis until tracking is back; on a
+Cluster a changed set of masters rebuilds the connections.
+
+**The guarantee:** a read that starts after the invalidation of a write
+arrived never returns the value from before that write. The invalidation
+normally arrives within a fraction of a millisecond of the write; a read
+concurrent with a write may return either value, as with Redis itself. Reads
+must go to the masters (redis-py's default; not `read_from_replicas`).
+
+**The cost:**
+* memory: at most `local_cache_size` entries (LRU), decoded objects shared by
+  every caller (models are frozen);
+* the server sends every process with a local cache one message per write
+  under the tracked prefixes (tickers and metadata of the namespace);
+* a ticker write invalidates its whole exchange hash: under a busy feed the
+  cache mostly misses for that exchange. It pays off for data read more often
+  than written (many tasks reading the same tickers between updates, metadata);
+* a hit does no I/O, so it does not yield to the event loop: a loop of reads
+  that only hit should `await asyncio.sleep(0)` now and then.
+
+Needs Redis 6.0 or later (tested on 6.2 and 7.0).
+
 ## Models
 
 `tradecache.models`: `Ticker`, `Candle`, `Order`, `Trade`, `Balance`,

@@ -43,6 +43,7 @@ from redis.exceptions import RedisError
 
 from ..context import Context
 from ..errors import ValidationError, WaitTimeout, redis_errors, translate
+from ..local_cache import MISS, LocalCache
 from ..models import Model
 from ..scripts import Script
 
@@ -115,6 +116,7 @@ class ReadThrough(Generic[M]):
         self.settings = ctx.settings
         self.model = model
         self._flights: dict[str, asyncio.Future[Any]] = {}
+        self._local = ctx.local_cache  # entries served from memory (local_cache.py), or None
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -188,15 +190,44 @@ class ReadThrough(Generic[M]):
         ``load`` returns the validated record or None (a miss, cached negatively).
         The hit path is one GET and a decode, with no wrapper in between.
         """
-        try:
-            raw = await self.client.get(space.entry_prefix + member)
-        except (RedisError, OSError) as exc:
-            raise translate(exc) from exc
-        if raw is not None:
-            return self.decode(raw)
+        local = self._local
+        if local is None:
+            try:
+                raw = await self.client.get(space.entry_prefix + member)
+            except (RedisError, OSError) as exc:
+                raise translate(exc) from exc
+            if raw is not None:
+                return self.decode(raw)
+        else:
+            found = local.get(space.entry_prefix + member)
+            if found is MISS:
+                found = await self._get_remembered(local, space.entry_prefix + member)
+            if found is not MISS:
+                return found  # type: ignore[no-any-return]
         if load is None:
             return None
         return await self._flight(space.entry(member), lambda: self._fill(space, member, load))
+
+    @redis_errors
+    async def _get_remembered(self, local: LocalCache, key: str) -> Any:
+        """Read entry ``key`` and its TTL, remember it locally; :data:`MISS` when absent."""
+        ticket = local.begin(key)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(key)
+            pipe.pttl(key)
+            raw, pttl = await pipe.execute()
+            if raw is None:
+                local.abandon(key, ticket)
+                return MISS
+            value = self.decode(raw)
+        except BaseException:
+            local.abandon(key, ticket)
+            raise
+        # Expiry is lazy on the server (no invalidation until the key is evicted): the
+        # local entry ends with the key's TTL by itself.
+        local.store(key, None, value, ticket, ttl=pttl / 1000 if pttl >= 0 else None)
+        return value
 
     @redis_errors
     async def _fill(

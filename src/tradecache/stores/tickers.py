@@ -59,6 +59,7 @@ from ..errors import (
     translate_redis_errors,
 )
 from ..keys import validate_exchange, validate_symbol
+from ..local_cache import MISS
 from ..metrics import instrumented
 from ..models import Ticker, convert, dec_hook, enc_hook, translate_msgspec_error
 from ..scripts import Script, ScriptBatch
@@ -108,6 +109,16 @@ def _decode(data: bytes) -> _Stored:
         raise ValidationError("ticker", f"malformed stored ticker: {exc}") from None
 
 
+def _ticker_of(data: bytes | None) -> Ticker | None:
+    """The ticker in a stored envelope (HGET's reply), or None."""
+    return None if data is None else _decode(data).payload
+
+
+def _tickers_of(stored: dict[bytes, bytes]) -> dict[str, Ticker]:
+    """Every ticker of an exchange hash (HGETALL's reply), by symbol."""
+    return {symbol.decode(): _decode(data).payload for symbol, data in stored.items()}
+
+
 def _seconds(value: float | timedelta, field: str) -> float:
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds >= 0:
@@ -149,6 +160,7 @@ class TickCache:
         self._stale_after = ctx.settings.stale_after
         self._exchanges: dict[object, _Exchange] = {}
         self._hubs: dict[str, _Hub] = {}
+        self._local = ctx.local_cache  # reads served from memory (local_cache.py), or None
 
     def __repr__(self) -> str:
         return f"<TickCache namespace={self.ctx.keys.namespace!r}>"
@@ -357,10 +369,17 @@ class TickCache:
         """
         ex = self._exchange(exchange)
         limit = None if max_age is None else _seconds(max_age, "max_age")
-        data = await self._client.hget(ex.hash, validate_symbol(symbol))
-        if data is None:
+        symbol = validate_symbol(symbol)
+        local = self._local
+        if local is None:
+            ticker = _ticker_of(await self._client.hget(ex.hash, symbol))
+        else:
+            ticker = local.get(ex.hash, symbol)
+            if ticker is MISS:
+                read = self._client.hget(ex.hash, symbol)
+                ticker = await local.fill(ex.hash, symbol, read, _ticker_of)
+        if ticker is None:
             return None
-        ticker = _decode(data).payload
         if limit is not None and ticker.is_stale(limit):
             return None
         return ticker
@@ -381,13 +400,19 @@ class TickCache:
         """
         ex = self._exchange(exchange)
         limit = None if max_age is None else _seconds(max_age, "max_age")
-        stored = await self._client.hgetall(ex.hash)
-        result = {}
-        for symbol, data in stored.items():
-            ticker = _decode(data).payload
-            if limit is None or not ticker.is_stale(limit):
-                result[symbol.decode()] = ticker
-        return result
+        local = self._local
+        if local is None:
+            tickers = _tickers_of(await self._client.hgetall(ex.hash))
+        else:
+            tickers = local.get(ex.hash)  # the whole hash: field None
+            if tickers is MISS:
+                tickers = await local.fill(
+                    ex.hash, None, self._client.hgetall(ex.hash), _tickers_of
+                )
+            tickers = dict(tickers)  # the cached dict is shared: never hand it out
+        if limit is None:
+            return tickers
+        return {s: ticker for s, ticker in tickers.items() if not ticker.is_stale(limit)}
 
     @instrumented("tickers.exchanges")
     @redis_errors
