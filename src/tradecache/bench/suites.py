@@ -56,7 +56,6 @@ import redis
 from redis.asyncio.lock import Lock as RedisPyLock
 
 from .._tasks import cancel_and_wait
-from ..config import Settings
 from ..models import (
     Exchange,
     Market,
@@ -71,11 +70,8 @@ from ..models import (
 from .harness import Bench, Case, Goal, Probe, Row, at_least, at_most, percentile, suite
 from .workers import OPS, Pool, handoff_stats
 
-__all__ = ["LOCAL_CACHE"]
-
 EXCHANGE: Final = "binance"
 SYMBOL: Final = "BTC/USDT"
-LOCAL_CACHE: dict[str, Any] = {"local_cache": True}
 """How the ``local_cache`` suite connects its reading cache (skipped if Settings lacks a key)."""
 
 _encode = msgspec.json.Encoder(enc_hook=enc_hook).encode
@@ -215,9 +211,6 @@ async def writer(bench: Bench) -> list[Case | Probe]:
     """The batched writer and set_many against the reference's per-ticker commands."""
     cache, client = bench.cache, bench.client
     goal = at_least(5, "reference")
-    if not hasattr(cache.tickers, "writer"):
-        name = "tickers.writer(100) vs reference 3 commands/ticker"
-        return [skipped(name, "cache.tickers has no writer yet", goal)]
     batch = [_ticker(f"W{i}/USDT", 100.0 + i) for i in range(100)]
     encoded = [(t.symbol, _encode(t)) for t in batch]
     raw_hash, raw_channel = bench.key(EXCHANGE), cache.keys.channel("bench-raw", EXCHANGE)
@@ -230,8 +223,7 @@ async def writer(bench: Bench) -> list[Case | Probe]:
     async def ours_writer() -> int:
         # A writer's whole life per call (task started, flushed, closed): in the
         # baselines' favour, a feed keeps one writer open.
-        tickers: Any = cache.tickers
-        async with tickers.writer(flush_interval_ms=60_000, max_batch=1000) as w:
+        async with cache.tickers.writer(flush_interval_ms=60_000, max_batch=1000) as w:
             for ticker in batch:
                 await w.set(ticker)
         return len(batch)
@@ -277,13 +269,10 @@ async def writer(bench: Bench) -> list[Case | Probe]:
 
 @suite("local_cache", "ticker reads served by the client-side cache (local_cache=True)")
 async def local_cache(bench: Bench) -> list[Case | Probe]:
-    """tickers.get with a local cache vs HGET + decode; skipped until the option exists."""
+    """tickers.get served by the local cache (``local_cache=True``) vs HGET + decode."""
     name = "get (local cache) vs HGET + decode"
     goal = at_least(20, "raw HGET + decode")
-    missing = [key for key in LOCAL_CACHE if key not in Settings.model_fields]
-    if missing:
-        return [skipped(name, f"Cache.connect has no {', '.join(missing)} option yet", goal)]
-    reader = await bench.connect(**LOCAL_CACHE)
+    reader = await bench.connect(local_cache=True)
     client = bench.client
     one = _ticker(SYMBOL, 60_000.0)
     raw_hash = bench.key(EXCHANGE)
