@@ -732,3 +732,21 @@ async def test_closing_the_cache_ends_its_watchers(cache_factory):
     await watcher.task
     assert isinstance(watcher.error, TradecacheError)
     assert cache.tickers.subscribers("binance") == 0
+
+
+async def test_a_next_waiter_decides_once_it_knows_the_sequence_at_the_call():
+    from tradecache.stores.tickers import _Waiter
+
+    old, new, newer = (Ticker(symbol="ETH/USDT", last=float(p)) for p in (1, 2, 3))
+    waiter = _Waiter("ETH/USDT", after=1)
+    assert not waiter.offer(5, old)  # collected: the sequence at the call is not known yet
+    assert not waiter.offer(6, new)
+    waiter.settle(5)  # 5 was stored before the call, 6 came after it
+    assert waiter.future.result() is new
+    assert waiter.offer(7, newer)  # done already: later offers only release the waiter
+
+    late = _Waiter("ETH/USDT", after=1)
+    late.settle(5)
+    assert not late.future.done()
+    assert not late.offer(4, old)  # stored before the call, arrived late: skipped
+    assert late.offer(6, new) and late.future.result() is new

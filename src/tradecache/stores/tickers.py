@@ -537,8 +537,10 @@ class TickCache:
     ) -> Ticker:
         """Wait for the next update of ``symbol`` after this call; never the stored value.
 
-        The waiter is subscribed before anything is read, so an update set
-        after the call cannot slip through. ``timeout`` (seconds; ``None``
+        The waiter is subscribed before the exchange's sequence is read (one
+        round trip), so an update set after the call cannot slip through, and
+        one stored before it is never returned, even if it reaches this
+        process only later. ``timeout`` (seconds; ``None``
         waits forever) covers the whole call: at the timeout it raises
         :class:`~tradecache.errors.WaitTimeout` (a ``TimeoutError``).
 
@@ -557,6 +559,9 @@ class TickCache:
         try:
             async with asyncio.timeout(limit):
                 await hub.start()
+                # The exchange's sequence now: an update stored before this call is never
+                # "the next", even when it reaches this process's reader only later.
+                await hub.settle(waiter)
                 return await waiter.future
         except TimeoutError:
             raise WaitTimeout(f"no ticker for {symbol} on {ex.name} within {limit}s") from None
@@ -650,14 +655,38 @@ class _Mailbox:
 
 
 class _Waiter:
-    """One ``next`` call: the first ticker of ``symbol`` with a sequence >= ``after``."""
+    """One ``next`` call: the first ticker of ``symbol`` with a sequence >= ``after``.
 
-    __slots__ = ("after", "future", "symbol")
+    Until :meth:`settle` learns the exchange's sequence at the call, updates are
+    only collected: one set before the call may still be on its way to the reader.
+    """
+
+    __slots__ = ("after", "early", "future", "symbol")
 
     def __init__(self, symbol: str, after: int) -> None:
         self.symbol = symbol
         self.after = after
+        self.early: list[tuple[int, Ticker]] | None = []
         self.future: asyncio.Future[Ticker] = asyncio.get_running_loop().create_future()
+
+    def offer(self, seq: int, ticker: Ticker) -> bool:
+        """Take ``ticker`` if it is the awaited one; True once the waiter is done."""
+        if self.early is not None:
+            self.early.append((seq, ticker))
+            return False
+        if seq < self.after:
+            return False
+        with contextlib.suppress(asyncio.InvalidStateError):  # timed out meanwhile
+            self.future.set_result(ticker)
+        return True
+
+    def settle(self, current: int) -> None:
+        """From now on only updates after sequence ``current`` count, collected ones too."""
+        self.after = max(self.after, current + 1)
+        early, self.early = self.early or [], None
+        for seq, ticker in early:
+            if self.offer(seq, ticker):
+                return
 
 
 class _Hub:
@@ -680,6 +709,8 @@ class _Hub:
         self.closed: BaseException | None = None
         self._starting: asyncio.Future[None] | None = None
         self._pump: asyncio.Task[None] | None = None
+        self._unsettled: list[_Waiter] = []
+        self._settling: asyncio.Future[None] | None = None
         self.sub = Subscription(
             store.ctx,
             {ex.channel: ex.name},
@@ -691,7 +722,28 @@ class _Hub:
 
     @property
     def listeners(self) -> int:
-        return len(self.mailboxes) + sum(map(len, self.waiters.values()))
+        settled = sum(w.early is None for waiting in self.waiters.values() for w in waiting)
+        return len(self.mailboxes) + settled
+
+    async def settle(self, waiter: _Waiter) -> None:
+        """Tell ``waiter`` the exchange's sequence at its call.
+
+        One read serves every waiter registered before it was sent (1000
+        concurrent ``next`` calls cost a round trip or two, not 1000); a waiter
+        registered while a read is on the wire needs the next one.
+        """
+        self._unsettled.append(waiter)
+        while waiter.early is not None:
+            if self._settling is None or self._settling.done():
+                self._settling = asyncio.ensure_future(self._settle_batch())
+                self._settling.add_done_callback(_retrieve)
+            await asyncio.shield(self._settling)
+
+    async def _settle_batch(self) -> None:
+        batch, self._unsettled = self._unsettled, []
+        current, _ = await _POSITION(self.store._client, (self.ex.seq,))
+        for waiter in batch:
+            waiter.settle(int(current))
 
     async def start(self) -> None:
         if self._starting is None:
@@ -775,10 +827,8 @@ class _Hub:
             mailbox.put(seq, ticker)
         waiting = self.waiters.get(ticker.symbol)
         if waiting:
-            for waiter in [w for w in waiting if w.after <= seq]:
+            for waiter in [w for w in waiting if w.offer(seq, ticker)]:
                 waiting.discard(waiter)
-                with contextlib.suppress(asyncio.InvalidStateError):  # timed out meanwhile
-                    waiter.future.set_result(ticker)
 
     def _fail(self, exc: BaseException) -> None:
         for mailbox in self.mailboxes:
