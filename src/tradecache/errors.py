@@ -38,6 +38,7 @@ __all__ = [
     "KeyReuse",
     "LockLost",
     "NotFound",
+    "NotReplicated",
     "ReplayedFailure",
     "TradecacheError",
     "ValidationError",
@@ -142,6 +143,26 @@ class Claimed(TradecacheError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.key, self.holder))
+
+
+class NotReplicated(TradecacheError):
+    """Fewer replicas than asked (``wait_replicas=``) acknowledged a write in time.
+
+    The write happened on the master; a failover may still lose it.
+    ``acked`` replicas confirmed it, ``wanted`` were asked for. A lock or
+    claim is released before this is raised (it was never handed out); an
+    order stays submitted (``reply`` holds the script's reply, and a retry of
+    the same submit is idempotent and waits again).
+    """
+
+    def __init__(self, acked: int, wanted: int, reply: Any = None) -> None:
+        self.acked = acked
+        self.wanted = wanted
+        self.reply = reply
+        super().__init__(f"{acked} of {wanted} replicas acknowledged the write in time")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.acked, self.wanted, self.reply))
 
 
 class WaitTimeout(TradecacheError, TimeoutError):

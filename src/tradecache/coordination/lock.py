@@ -81,9 +81,18 @@ from redis.exceptions import ResponseError
 
 from .._tasks import cancel_and_wait
 from ..context import Context
-from ..errors import LockLost, TradecacheError, ValidationError, WaitTimeout, redis_errors
+from ..errors import (
+    ConnectionLost,
+    LockLost,
+    NotReplicated,
+    TradecacheError,
+    ValidationError,
+    WaitTimeout,
+    redis_errors,
+)
 from ..keys import validate_part
 from ..metrics import instrumented
+from ..replication import check_replicas, refresh_routing, run_replicated
 from ..scripts import Script
 
 __all__ = ["Fenced", "Lease", "Lock", "LockHolder", "LockManager", "LockSpec"]
@@ -491,6 +500,7 @@ class LockManager:
         on_lost: OnLost | None = None,
         *,
         owner: str | None = None,
+        wait_replicas: int | None = None,
     ) -> Lock:
         """A :class:`Lock` named ``name`` (see :meth:`tradecache.Cache.lock`).
 
@@ -505,7 +515,10 @@ class LockManager:
             name=name, key=keys.lock(name), fence_key=keys.lock_fence(name),
             queue=keys.lock_queue(name), channel=keys.lock_channel(name),
         )  # fmt: skip
-        return Lock(self, spec, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost, owner=owner)
+        return Lock(
+            self, spec, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost, owner=owner,
+            wait_replicas=wait_replicas,
+        )  # fmt: skip
 
     # --- fenced writes ---------------------------------------------------------------------
 
@@ -571,7 +584,14 @@ class LockManager:
 
     async def _renew(self, spec: LockSpec, token: str, ttl_ms: int) -> bool:
         """Extend the lease ``token`` holds, on the dedicated link; False if it is gone."""
-        reply = await RENEW(self._link(spec.key), spec.renew_keys, [token, ttl_ms, spec.member])
+        try:
+            reply = await RENEW(self._link(spec.key), spec.renew_keys, [token, ttl_ms, spec.member])
+        except ConnectionLost:
+            # A failover? The link goes to the key's node as the client knows it:
+            # make the client re-read the slot table, so the next renewal finds the
+            # promoted replica.
+            await refresh_routing(self.client, spec.key)
+            raise
         return bool(reply == 1)
 
     async def _release(self, spec: LockSpec, token: str) -> bool:
@@ -914,6 +934,7 @@ class Lock:
         renew: bool = True,
         on_lost: OnLost | None = None,
         owner: str | None = None,
+        wait_replicas: int | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = manager.metrics
@@ -926,6 +947,11 @@ class Lock:
         self.renew = bool(renew)
         self.on_lost = on_lost
         self.owner = manager.owner if owner is None else validate_part(owner, "owner")
+        settings = manager.ctx.settings
+        self.wait_replicas = check_replicas(
+            settings.wait_replicas if wait_replicas is None else wait_replicas
+        )
+        self.wait_replicas_timeout = settings.wait_replicas_timeout
         self._entered: dict[asyncio.Task[Any] | None, list[Lease]] = {}
 
     def __repr__(self) -> str:
@@ -997,8 +1023,12 @@ class Lock:
                         await woken.event.wait()
                 if woken.fence is not None:
                     # The release granted it to us (no later than our last try was sent).
-                    lease = Lease(self, token, woken.fence, sent)
-                    return lease, None
+                    if not self.wait_replicas:
+                        lease = Lease(self, token, woken.fence, sent)
+                        return lease, None
+                    # The releaser's write is not ours to WAIT for: the next try finds
+                    # the lock ours and writes (PEXPIRE), and WAIT covers everything before.
+                    woken.fence = None
         finally:
             hub.unwatch(self.spec.channel, token)
             if lease is None:  # leave the queue; a handoff we missed goes to the next waiter
@@ -1012,9 +1042,21 @@ class Lock:
         manager = self.manager
         started = time.monotonic()
         args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter]
-        task = manager._spawn(ACQUIRE(manager.client, self.spec.keys, args))
+        if self.wait_replicas:
+            call = run_replicated(
+                manager.client, self.spec.key, ACQUIRE, self.spec.keys, args,
+                replicas=self.wait_replicas, timeout=self.wait_replicas_timeout,
+            )  # fmt: skip
+        else:
+            call = ACQUIRE(manager.client, self.spec.keys, args)
+        task = manager._spawn(call)
         try:
-            reply = await asyncio.shield(task)
+            try:
+                reply = await asyncio.shield(task)
+            except NotReplicated as exc:
+                if exc.reply[0] == 1:
+                    raise  # granted, but a failover could lose it: released below
+                reply = exc.reply  # not granted: nothing to confirm
         except asyncio.CancelledError:
             # The script may run (or have run) anyway: release whatever it granted.
             task.add_done_callback(lambda done: self._compensate(done, token))

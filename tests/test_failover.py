@@ -1,0 +1,360 @@
+"""Replication and failover: ``wait_replicas=`` (WAIT) and a Cluster that loses a master.
+
+Every test here runs on private servers it may pause and kill: a standalone
+master + replica, or a 3 masters + 3 replicas Cluster from
+``RedisClusterServer(masters=3, replicas=1)`` (node timeout 2000 ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from tradecache import Cache, ConnectionLost, NotReplicated, ValidationError
+from tradecache.errors import Claimed, TradecacheError
+from tradecache.replication import check_replicas, refresh_routing, run_replicated
+from tradecache.scripts import Script
+from tradecache.server import RedisClusterServer, RedisServer
+from tradecache.testing import wait_until
+
+TICKER = {"symbol": "BTC/USDT", "bid": 1.0, "ask": 2.0, "last": 1.5, "timestamp": 1700000000000}
+
+
+def order(n: int, exchange: str = "ex0") -> dict[str, Any]:
+    return {
+        "id": f"o{n}", "clientOrderId": f"c{n}", "symbol": "BTC/USDT", "side": "buy",
+        "type": "limit", "amount": "0.1", "price": "100", "exchange": exchange,
+    }  # fmt: skip
+
+
+def trade(n: int) -> dict[str, Any]:
+    return {
+        "id": str(n), "symbol": "BTC/USDT", "price": 100, "amount": 0.1, "side": "buy",
+        "timestamp": 1700000000000 + n,
+    }  # fmt: skip
+
+
+# --- a standalone master with one replica -----------------------------------------------------
+
+
+@pytest.fixture
+async def primary() -> AsyncIterator[tuple[RedisServer, RedisServer]]:
+    """A master on TCP and one replica of it, in sync."""
+    master = RedisServer(port=0).start()
+    replica = RedisServer(port=0)
+    try:
+        replica.args = ["--replicaof", "127.0.0.1", str(master.port)]
+        replica.start()
+        admin = replica.client()
+        await wait_until(
+            lambda: admin.info("replication").get("master_link_status") == "up",
+            timeout=20,
+            message="replica in sync",
+        )
+        admin.close()
+        yield master, replica
+    finally:
+        for server in (replica, master):
+            if server.running:
+                server.resume()
+            server.stop()
+
+
+@pytest.fixture
+async def standalone(primary: tuple[RedisServer, RedisServer]) -> AsyncIterator[Cache]:
+    master, _ = primary
+    async with Cache.connect(master.url, namespace="fo", wait_replicas_timeout=0.2) as cache:
+        yield cache
+
+
+async def test_wait_replicas_confirms_a_lock_claim_and_order(standalone: Cache) -> None:
+    cache = standalone
+    async with cache.lock("a", ttl=5, wait_replicas=1) as lease:
+        assert lease.fence > 0
+    async with cache.bots.claim("ex", "BTC/USDT", "bot-1", wait_replicas=1) as claim:
+        assert claim.held
+    entry = await cache.orders.submit(order(1), wait_replicas=1)
+    assert await cache.orders.submit(order(1), wait_replicas=1) == entry  # idempotent repeat
+
+
+async def test_too_few_replicas_release_the_lock_and_raise(
+    standalone: Cache, primary: tuple[RedisServer, RedisServer]
+) -> None:
+    cache = standalone
+    with pytest.raises(NotReplicated) as info:
+        await cache.lock("b", ttl=5, wait_replicas=2).acquire()
+    assert (info.value.acked, info.value.wanted) == (1, 2)
+    lock = cache.lock("b", ttl=5)
+    await wait_until(lambda: _free(lock), timeout=5, message="the unconfirmed lease released")
+    _, replica = primary
+    replica.pause()  # the replica acknowledges nothing
+    try:
+        with pytest.raises(NotReplicated):
+            async with cache.bots.claim("ex", "ETH/USDT", "bot-1", wait_replicas=1):
+                pass  # pragma: no cover - never granted
+        assert await cache.bots.holder("ex", "ETH/USDT") is None or await _released_claim(cache)
+        with pytest.raises(NotReplicated) as submitted:
+            await cache.orders.submit(order(2), wait_replicas=1)
+        assert submitted.value.reply[0] == 1  # enqueued on the master
+    finally:
+        replica.resume()
+    # A retry is idempotent and waits again: now confirmed, same entry.
+    entry = await cache.orders.submit(order(2), wait_replicas=1)
+    assert submitted.value.reply[1].decode() == entry
+
+
+async def _free(lock: Any) -> bool:
+    return not await lock.locked()
+
+
+async def _released_claim(cache: Cache) -> bool:
+    await wait_until(lambda: _no_holder(cache), timeout=5, message="the unconfirmed claim released")
+    return True
+
+
+async def _no_holder(cache: Cache) -> bool:
+    return await cache.bots.holder("ex", "ETH/USDT") is None
+
+
+async def test_key_reuse_is_reported_even_without_replicas(
+    standalone: Cache, primary: tuple[RedisServer, RedisServer]
+) -> None:
+    cache = standalone
+    await cache.orders.submit(order(3), wait_replicas=1)
+    _, replica = primary
+    replica.pause()
+    try:
+        other = order(3) | {"price": "101"}
+        with pytest.raises(TradecacheError) as info:
+            await cache.orders.submit(other, wait_replicas=1)
+        assert type(info.value).__name__ == "KeyReuse"  # not NotReplicated: nothing written
+    finally:
+        replica.resume()
+
+
+async def test_a_handed_over_lock_is_confirmed_too(standalone: Cache) -> None:
+    cache = standalone
+    first = await cache.lock("h", ttl=5).acquire()
+    waiting = asyncio.create_task(cache.lock("h", ttl=5, wait=10, wait_replicas=1).acquire())
+    await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=5, message="a waiter")
+    await first.release()
+    second = await waiting
+    assert second.fence > first.fence
+    await second.release()
+
+
+async def test_settings_default_and_validation(primary: tuple[RedisServer, RedisServer]) -> None:
+    master, _ = primary
+    async with Cache.connect(master.url, namespace="fo2", wait_replicas=2) as cache:
+        assert cache.lock("x").wait_replicas == 2
+        assert cache.lock("x", wait_replicas=0).wait_replicas == 0
+        with pytest.raises(NotReplicated):
+            await cache.orders.submit(order(4))
+        with pytest.raises(ValidationError):
+            cache.lock("x", wait_replicas=-1)
+        with pytest.raises(ValidationError):
+            check_replicas(True)
+
+
+async def test_run_replicated_reloads_lost_scripts_and_raises_errors(standalone: Cache) -> None:
+    cache = standalone
+    script = Script("t_echo", source="redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]")
+    await cache.client.script_flush()
+    reply = await run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=1)
+    assert reply == b"v"
+    failing = Script("t_fail", source="return redis.error_reply('boom')")
+    with pytest.raises(TradecacheError, match="boom"):
+        await run_replicated(cache.client, "k", failing, ["k"], [], replicas=1, timeout=1)
+    await refresh_routing(cache.client, "k")  # a no-op off a Cluster
+
+
+async def test_run_replicated_on_a_dead_server_raises_connection_lost(
+    primary: tuple[RedisServer, RedisServer],
+) -> None:
+    master, _ = primary
+    async with Cache.connect(master.url, namespace="fo3") as cache:
+        await cache.ping()
+        master.kill()
+        script = Script("t_set", source="return redis.call('SET', KEYS[1], ARGV[1])")
+        with pytest.raises(ConnectionLost):
+            await run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=1)
+
+
+# --- a 3 masters + 3 replicas Cluster -------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[RedisClusterServer]:
+    async with RedisClusterServer(masters=3, replicas=1) as server:
+        yield server
+
+
+def _master_of(cluster: RedisClusterServer, tag: str) -> int:
+    """Index in ``cluster.masters`` of the master that serves ``{tag}`` (at start)."""
+    slot = key_slot(tag.encode())
+    return slot * len(cluster.masters) // 16384
+
+
+def _replica_of(cluster: RedisClusterServer, index: int) -> RedisServer:
+    return cluster.replicas[index]  # replica i replicates master i % masters
+
+
+def _promoted(replica: RedisServer) -> bool:
+    client = replica.client()
+    try:
+        return bool(client.info("replication").get("role") == "master") and bool(
+            client.cluster("info").get("cluster_state") == "ok"
+        )
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+async def _eventually(call: Callable[[], Awaitable[Any]], limit: float = 30) -> Any:
+    """Retry ``call`` through ConnectionLost until it succeeds; each failure is fast."""
+    deadline = time.monotonic() + limit
+    while True:
+        started = time.monotonic()
+        try:
+            return await call()
+        except ConnectionLost:
+            assert time.monotonic() - started < 5, "a failing call must not hang"
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+
+
+# Exchanges whose hash tags {exN} land on master 0, 1 and 2 of a 3-master cluster.
+SHARD_EXCHANGES = ("ex0", "ex1", "ex3")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim_tag", ["ex1", "queue"], ids=["other-shard", "queue-shard"])
+async def test_cluster_failover_under_load(cluster: RedisClusterServer, victim_tag: str) -> None:
+    """Kill one master mid-load: calls fail fast, then succeed again on the same Cache.
+
+    ``other-shard`` kills the master of ``{ex1}`` (tickers and trades of ex1):
+    no acknowledged order (queue on another shard) or trade of ex0/ex3 is lost.
+    ``queue-shard`` kills the order queue's master: orders were submitted with
+    ``wait_replicas=1``, so none of the acknowledged ones is lost either.
+    """
+    assert [_master_of(cluster, ex) for ex in SHARD_EXCHANGES] == [0, 1, 2]
+    victim = _master_of(cluster, victim_tag)
+    replicas = 1 if victim_tag == "queue" else 0
+    async with Cache.connect(cluster.url, namespace="load") as cache:
+        stop = asyncio.Event()
+        acked_orders: set[str] = set()
+        acked_trades: dict[str, set[str]] = {ex: set() for ex in SHARD_EXCHANGES}
+        consumed: set[str] = set()
+        errors: dict[str, int] = {}
+        progress = {"ok": 0}
+        unconfirmed: set[str] = set()
+
+        async def guarded(name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+            started = time.monotonic()
+            try:
+                result = await call()
+            except NotReplicated:
+                # The promoted replica has no replica of its own: nothing can confirm.
+                unconfirmed.add(name)
+                await asyncio.sleep(0.02)
+                return None
+            except ConnectionLost:
+                assert time.monotonic() - started < 5, f"{name} hung"
+                errors[name] = errors.get(name, 0) + 1
+                await asyncio.sleep(0.02)
+                return None
+            progress["ok"] += 1
+            return result
+
+        async def feed() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                for ex in SHARD_EXCHANGES:
+                    await guarded("ticker", lambda ex=ex: cache.tickers.set(TICKER, exchange=ex))
+                    entry = await guarded(
+                        "trade", lambda ex=ex, n=n: cache.trades.push(trade(n), exchange=ex)
+                    )
+                    if entry is not None:
+                        acked_trades[ex].add(entry)
+                await asyncio.sleep(0.005)
+
+        async def submit() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                entry = await guarded(
+                    "submit", lambda n=n: cache.orders.submit(order(n), wait_replicas=replicas)
+                )
+                if entry is not None:
+                    acked_orders.add(entry)
+                await asyncio.sleep(0.005)
+
+        async def consume() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(ConnectionLost):
+                    async for delivery in cache.orders.consume("exec", "c1", block=0.1):
+                        await delivery.ack()
+                        consumed.add(delivery.id)
+                        if stop.is_set():
+                            return
+                await asyncio.sleep(0.02)
+
+        claim = await cache.bots.claim("ex0", "BTC/USDT", "bot-1", ttl=6)
+        tasks = [asyncio.create_task(job()) for job in (feed, submit, consume)]
+        try:
+            await wait_until(lambda: progress["ok"] > 50, timeout=30, message="load running")
+            cluster.masters[victim].kill()
+            killed = progress["ok"]
+            await wait_until(
+                lambda: errors, timeout=30, message="calls to the dead master fail (ConnectionLost)"
+            )
+            await wait_until(
+                lambda: _promoted(_replica_of(cluster, victim)),
+                timeout=30,
+                interval=0.1,
+                message="the replica promoted",
+            )
+            # The same Cache recovers on every shard, the failed one included.
+            for ex in SHARD_EXCHANGES:
+                await _eventually(lambda ex=ex: cache.tickers.set(TICKER, exchange=ex))
+            await _eventually(lambda: cache.orders.submit(order(10**6)))
+            await wait_until(
+                lambda: progress["ok"] > killed + 50, timeout=30, message="load after the failover"
+            )
+            # A claim on a surviving shard (or renewed on the promoted replica) is still held.
+            assert claim.held, claim.lost_reason
+            other = cache.bots.claim("ex0", "BTC/USDT", "bot-2")
+            with pytest.raises(Claimed):
+                await _eventually(lambda: other)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+        await claim.release()
+        # No acknowledged order is lost: each one is in the queue stream.
+        queue = cache.keys.order_queue()
+        stored = {
+            entry.decode()
+            for entry, _ in await _eventually(lambda: cache.client.xrange(queue, "-", "+"))
+        }
+        assert acked_orders <= stored, acked_orders - stored
+        assert consumed <= stored
+        # No acknowledged trade is lost from a surviving shard's streams.
+        for ex in SHARD_EXCHANGES:
+            if _master_of(cluster, ex) == victim:
+                continue
+            key = cache.keys.trades(ex, "BTC/USDT")
+            entries = await _eventually(lambda key=key: cache.client.xrange(key, "-", "+"))
+            assert acked_trades[ex] <= {entry.decode() for entry, _ in entries}
+        assert errors, "the kill did not hit the load"
+        # With wait_replicas=1 the promoted master (no replica left) confirms nothing.
+        assert unconfirmed == ({"submit"} if replicas else set())
