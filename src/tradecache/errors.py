@@ -21,6 +21,7 @@ keep working.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -193,6 +194,8 @@ def translate(exc: BaseException) -> TradecacheError:
         return ConnectionLost(f"Redis unreachable: {exc}")
     if isinstance(exc, _CONNECTION_ERRORS):
         return ConnectionLost(f"Redis unreachable: {exc}")
+    if isinstance(exc, AttributeError | TypeError):
+        return ConnectionLost(f"Redis connection closed while in use: {exc!r}")
     return CommandError(f"{type(exc).__name__}: {exc}")
 
 
@@ -202,6 +205,24 @@ _TRANSLATED: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+_REDIS_ASYNCIO = f"{os.sep}redis{os.sep}asyncio{os.sep}"
+
+
+def _broken_under_us(exc: BaseException) -> bool:
+    """An AttributeError/TypeError from inside redis-py's asyncio connection code.
+
+    During a Cluster failover redis-py closes every connection of a node
+    (``RedisCluster.aclose()`` after CLUSTERDOWN, a pipeline retry) while other
+    tasks are still using some of them: their next read or write fails with
+    ``'NoneType' object has no attribute 'writelines'`` or similar
+    (redis-py #3546). That is a lost connection, not a bug of the caller.
+    """
+    tb = exc.__traceback__
+    inside = False
+    while tb is not None:
+        inside = inside or _REDIS_ASYNCIO in tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return inside
 
 
 @contextmanager
@@ -217,6 +238,10 @@ def translate_redis_errors() -> Iterator[None]:
         yield
     except TradecacheError:
         raise
+    except (AttributeError, TypeError) as exc:
+        if not _broken_under_us(exc):
+            raise
+        raise translate(exc) from exc
     except _TRANSLATED as exc:
         raise translate(exc) from exc
 
@@ -239,6 +264,10 @@ def redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             return await fn(*args, **kwargs)
         except TradecacheError:
             raise
+        except (AttributeError, TypeError) as exc:
+            if not _broken_under_us(exc):
+                raise
+            raise translate(exc) from exc
         except _TRANSLATED as exc:
             raise translate(exc) from exc
 
