@@ -361,3 +361,81 @@ async def test_cluster_failover_under_load(cluster: RedisClusterServer, victim_t
             # The promoted master has no replica left: nothing can be confirmed now.
             with pytest.raises(NotReplicated):
                 await _eventually(lambda: cache.orders.submit(order(10**6 + 1), wait_replicas=1))
+
+
+@pytest.mark.slow
+async def test_fences_increase_across_a_failover_that_lost_the_last_grant(
+    cluster: RedisClusterServer,
+) -> None:
+    """The master dies before it replicated a grant: the promoted replica never saw it.
+
+    The replica is stopped (SIGSTOP) and the master drops its replication link
+    (``CLIENT KILL TYPE replica``), so the next grant exists on the master only;
+    then the master is SIGKILLed and the replica resumes and is promoted.
+    ``wait_replicas=1`` refuses that grant (NotReplicated); without it the lease
+    is lost with the master, yet the next fence is still higher.
+    """
+    name = "fence-x"
+    index = _master_of(cluster, name)
+    async with Cache.connect(cluster.url, namespace="fx", wait_replicas_timeout=0.3) as cache:
+        lease = await cache.lock(name, ttl=10, renew=False, wait_replicas=1).acquire()
+        confirmed = lease.fence
+        await lease.release()
+        replica = _replica_of(cluster, index)
+        master = cluster.masters[index]
+        replica.pause()
+        admin = master.client()
+        try:
+            admin.client_kill_filter(_type="replica")
+            with pytest.raises(NotReplicated):
+                await cache.lock(name, ttl=10, wait_replicas=1).acquire()
+            lost = await cache.lock(name, ttl=10, renew=False).acquire()
+            assert lost.fence > confirmed
+        finally:
+            admin.close()
+            master.kill()
+            replica.resume()
+        await wait_until(
+            lambda: _promoted(replica), timeout=30, interval=0.1, message="replica promoted"
+        )
+        survivor = replica.client()
+        try:
+            # The promoted replica never saw the last grant: the counter is behind.
+            assert int(survivor.get(cache.keys.lock_fence(name))) < lost.fence
+            assert survivor.exists(cache.keys.lock(name)) == 0
+        finally:
+            survivor.close()
+        # The lease is gone (two holders until the old one notices), but fences still rise.
+        again = await _eventually(lambda: cache.lock(name, ttl=10, renew=False).acquire(wait=0))
+        assert again.fence > lost.fence > confirmed
+        await again.release()
+        lost._stop()  # its master is dead: nothing to release
+
+
+@pytest.mark.slow
+async def test_a_claim_survives_the_failover_of_its_own_shard(cluster: RedisClusterServer) -> None:
+    """Renewals (on a dedicated connection) find the promoted replica without other traffic."""
+    index = _master_of(cluster, "bots")
+    async with Cache.connect(cluster.url, namespace="cl") as cache:
+        claim = await cache.bots.claim("ex0", "BTC/USDT", "bot-1", ttl=8, wait_replicas=1)
+        cluster.masters[index].kill()
+        await wait_until(
+            lambda: _promoted(_replica_of(cluster, index)),
+            timeout=30,
+            interval=0.1,
+            message="replica promoted",
+        )
+        promoted = time.monotonic()
+        lifetime = claim.lease._lock.lifetime
+        # A renewal after the promotion pushed the local deadline past this bound.
+        await wait_until(
+            lambda: (
+                claim.remaining() > promoted + lifetime - time.monotonic() or claim.lost.is_set()
+            ),
+            timeout=10,
+            message="a renewal on the promoted replica",
+        )
+        assert claim.held, claim.lost_reason
+        with pytest.raises(Claimed):
+            await _eventually(lambda: cache.bots.claim("ex0", "BTC/USDT", "bot-2"))
+        assert await claim.release()
