@@ -439,3 +439,115 @@ async def test_a_claim_survives_the_failover_of_its_own_shard(cluster: RedisClus
         with pytest.raises(Claimed):
             await _eventually(lambda: cache.bots.claim("ex0", "BTC/USDT", "bot-2"))
         assert await claim.release()
+
+
+# --- error translation, fence floor, WAIT corner cases ----------------------------------------
+
+
+def test_not_replicated_pickles() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(NotReplicated(0, 1, [1, b"e"])))
+    assert (error.acked, error.wanted, error.reply) == (0, 1, [1, b"e"])
+    assert "0 of 1 replicas" in str(error)
+
+
+async def test_a_connection_closed_under_us_is_connection_lost() -> None:
+    """redis-py closing a connection another task uses: ConnectionLost, not AttributeError."""
+    from redis.asyncio.connection import Connection
+
+    from tradecache.errors import redis_errors, translate_redis_errors
+
+    @redis_errors
+    async def send() -> None:
+        await Connection()._send_packed_command([b"PING"])  # _writer is None: not connected
+
+    with pytest.raises(ConnectionLost, match="closed while in use"):
+        await send()
+    with pytest.raises(ConnectionLost), translate_redis_errors():
+        await Connection()._send_packed_command([b"PING"])
+
+    @redis_errors
+    async def ours() -> None:
+        raise AttributeError("a bug of ours")
+
+    with pytest.raises(AttributeError, match="a bug of ours"):
+        await ours()
+    with pytest.raises(TypeError, match="ours too"), translate_redis_errors():
+        raise TypeError("ours too")
+
+
+async def test_fences_stay_above_what_this_process_saw(standalone: Cache) -> None:
+    """A lost counter and a server clock behind the last fence: the floor still wins."""
+    cache = standalone
+    future = (time.time() + 10**6) * 10**6  # a fence from a clock far ahead
+    await cache.client.set(cache.keys.lock_fence("f"), f"{future:.0f}")
+    async with cache.lock("f", ttl=5) as first:
+        assert first.fence > future
+    await cache.client.delete(cache.keys.lock_fence("f"))  # what a lagging replica has
+    async with cache.lock("f", ttl=5) as second:
+        assert second.fence == first.fence + 1
+    other = Cache.connect(cache.settings)  # another process: only the server clock
+    async with other as fresh:
+        await fresh.client.delete(cache.keys.lock_fence("f"))
+        async with fresh.lock("f", ttl=5) as third:
+            assert third.fence < first.fence  # documented: the epoch is the server clock
+
+
+async def test_manager_remembers_a_bounded_number_of_fences(
+    standalone: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tradecache.coordination import lock as lock_module
+
+    monkeypatch.setattr(lock_module, "_MAX_FENCES", 2)
+    manager = standalone.locks
+    manager._fences.clear()
+    for key, fence in (("a", 5), ("b", 6), ("a", 3), ("c", 7)):
+        manager._saw(key, fence)
+    assert manager._fences == {"a": 5, "c": 7}  # "b" was the oldest
+
+
+async def test_a_waiter_not_granted_ignores_unconfirmed_queueing(
+    standalone: Cache, primary: tuple[RedisServer, RedisServer]
+) -> None:
+    cache = standalone
+    holder = await cache.lock("w", ttl=5).acquire()
+    _, replica = primary
+    replica.pause()
+    try:
+        # Queueing is a write WAIT cannot confirm: still only "not granted".
+        lease, owner = await cache.lock("w", ttl=5, wait_replicas=1).try_acquire(wait=0.3)
+        assert lease is None
+        assert owner == holder.owner
+    finally:
+        replica.resume()
+    await holder.release()
+
+
+async def test_wait_on_a_replica_is_an_error(primary: tuple[RedisServer, RedisServer]) -> None:
+    _, replica = primary
+    async with Cache.connect(replica.url, namespace="ro") as cache:
+        script = Script("t_one", source="return 1")
+        with pytest.raises(TradecacheError, match="replica"):
+            await run_replicated(cache.client, "k", script, ["k"], [], replicas=1, timeout=0.1)
+
+
+@pytest.mark.slow
+async def test_run_replicated_on_a_cluster(cluster: RedisClusterServer) -> None:
+    from tradecache.connection import create_client
+
+    script = Script("t_set", source="return redis.call('SET', KEYS[1], ARGV[1])")
+    client = create_client(cluster.url)  # not initialized: no slot table yet
+    try:
+        reply = await run_replicated(client, "k", script, ["k"], ["v"], replicas=1, timeout=1)
+        assert reply == b"OK"
+        right = client.get_node_from_key("k")
+        wrong = next(node for node in client.get_primaries() if node is not right)
+        client.get_node_from_key = lambda key, replica=False: wrong  # type: ignore[method-assign]
+        with pytest.raises(ConnectionLost, match="moved"):
+            await run_replicated(client, "k", script, ["k"], ["v"], replicas=1, timeout=1)
+        del client.get_node_from_key
+        await refresh_routing(client, "k")
+        assert await client.get("k") == b"v"
+    finally:
+        await client.aclose()

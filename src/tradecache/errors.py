@@ -180,6 +180,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis_exceptions.TryAgainError,
     redis_exceptions.MasterDownError,
     redis_exceptions.ReadOnlyError,
+    redis_exceptions.SlotNotCoveredError,  # a Cluster slot without a master (failover)
     ConnectionError,
     OSError,
 )

@@ -30,7 +30,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
 
 from .errors import ConnectionLost, NotReplicated, ValidationError, redis_errors
 from .scripts import Arg, Script
@@ -114,11 +121,11 @@ async def run_replicated(
     """
     timeout_ms = max(1, math.ceil(timeout * 1000))
     if isinstance(client, RedisCluster):
-        node: ClusterNode | None = client.get_node_from_key(key)
-        if node is None:  # no slot table yet: let the client load it
-            await client.initialize()
+        try:
             node = client.get_node_from_key(key)
-            assert node is not None
+        except SlotNotCoveredError:  # no slot table yet (or a stale one): load it
+            await client.initialize()
+            node = client.get_node_from_key(key)  # still uncovered: ConnectionLost
         pool: Any = node
         connection = node.acquire_connection()
     else:

@@ -16,12 +16,14 @@ Guarantees (each one fixes a fault of the existing Python locks):
   object holds no ownership state, so two tasks sharing one cannot release
   each other's lease.
 * **Fencing.** ``lease.fence`` comes from the acquire script:
-  ``fence = max(previous fence + 1, server time in µs)``. It strictly increases
-  over every grant of the name while the counter key (no TTL) exists, and
-  across a restart with persistence. If the counter is lost (evicted under an
-  ``allkeys-*`` policy, a restart without fsync, a failover to a lagging
-  replica) the server clock keeps fences above every earlier one, unless that
-  clock also stepped back by more than the lost interval.
+  ``fence = max(previous fence + 1, server time in µs, floor + 1)``. It
+  strictly increases over every grant of the name while the counter key (no
+  TTL) exists, and across a restart with persistence. If the counter is lost
+  (evicted under an ``allkeys-*`` policy, a restart without fsync, a failover
+  to a replica that missed the last grants) the server clock, the fence's
+  epoch, keeps fences above every earlier one, unless that clock is behind by
+  more than the lost interval; ``floor``, the highest fence of the name this
+  process has seen, keeps this process's own fences rising even then.
 * **Bounded lease, renewed.** A TTL is mandatory. With ``renew=True`` a
   watchdog renews at ``ttl/3`` on a dedicated connection (never starved by a
   busy pool). The holder keeps a local monotonic deadline
@@ -52,7 +54,11 @@ Guarantees (each one fixes a fault of the existing Python locks):
 
 Limits: this is a Redis lock (efficiency, plus safety *through fencing*), not
 a consensus lock. Replication is asynchronous: a failover may lose a lease
-(two holders until the old one notices); fenced writes stay safe. An eviction
+(two holders until the old one notices); fenced writes stay safe.
+``wait_replicas=n`` grants a lease only once ``n`` replicas confirmed it
+(``WAIT`` on the connection of the grant), else releases it and raises
+:class:`~tradecache.errors.NotReplicated`: such a lease survives the
+failover of its master (see the operations guide, "Failover"). An eviction
 policy other than ``noeviction`` may evict a live lease (``cache.health()``
 warns). Locks are not reentrant: acquiring a lock the same task holds waits.
 If a waiting process dies just as the lock is handed to it, that lease
@@ -114,6 +120,8 @@ _DRIFT_FACTOR: Final = 0.01
 _DRIFT_MIN: Final = 0.002
 # A waiter re-tries this long after the holder's TTL should have run out.
 _SLICE_MARGIN: Final = 0.001
+# Locks whose last fence a LockManager remembers.
+_MAX_FENCES: Final = 10_000
 # How long close() lets background releases finish.
 _CLOSE_GRACE: Final = 2.0
 
@@ -487,6 +495,10 @@ class LockManager:
         self._hub: _WakeHub | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._holding: set[str] = set()  # tokens of this process's live leases
+        # The highest fence seen per lock key (most recent last): the floor of the next
+        # fence this process asks for, so its fences rise even if a failover lost the
+        # counter and the promoted server's clock is behind.
+        self._fences: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<LockManager {self.ctx.keys.namespace!r} background={len(self._tasks)}>"
@@ -613,6 +625,14 @@ class LockManager:
         args = [token, waiter, spec.channel, spec.member]
         return bool(await LEAVE(self.client, spec.keys, args) == 1)
 
+    def _saw(self, key: str, fence: int) -> None:
+        """Remember ``fence`` as seen for the lock ``key`` (bounded: the oldest go first)."""
+        fences = self._fences
+        fence = max(fence, fences.pop(key, 0))
+        fences[key] = fence
+        if len(fences) > _MAX_FENCES:
+            del fences[next(iter(fences))]
+
     def _spawn(self, awaitable: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``awaitable`` in the background; kept alive and awaited by :meth:`aclose`."""
         task = asyncio.ensure_future(awaitable)
@@ -683,6 +703,7 @@ class Lease:
         self.lost_reason: str | None = None
         self._released = False
         lock.manager._holding.add(token)
+        lock.manager._saw(lock.spec.key, fence)
         self._deadline = granted_at + lock.lifetime
         self._watchdog: asyncio.Task[None] | None = None
         if lock.renew:
@@ -1041,7 +1062,8 @@ class Lock:
         """
         manager = self.manager
         started = time.monotonic()
-        args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter]
+        floor = manager._fences.get(self.spec.key, 0)
+        args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter, floor]
         if self.wait_replicas:
             call = run_replicated(
                 manager.client, self.spec.key, ACQUIRE, self.spec.keys, args,
