@@ -121,13 +121,13 @@ async def run_replicated(
     """
     timeout_ms = max(1, math.ceil(timeout * 1000))
     if isinstance(client, RedisCluster):
+        pool: Any
         try:
-            node = client.get_node_from_key(key)
+            pool = client.get_node_from_key(key)
         except SlotNotCoveredError:  # no slot table yet (or a stale one): load it
             await client.initialize()
-            node = client.get_node_from_key(key)  # still uncovered: ConnectionLost
-        pool: Any = node
-        connection = node.acquire_connection()
+            pool = client.get_node_from_key(key)  # still uncovered: ConnectionLost
+        connection = pool.acquire_connection()
     else:
         pool = client.connection_pool
         connection = await pool.get_connection()
