@@ -551,3 +551,39 @@ async def test_run_replicated_on_a_cluster(cluster: RedisClusterServer) -> None:
         assert await client.get("k") == b"v"
     finally:
         await client.aclose()
+
+
+@pytest.mark.slow
+async def test_lock_handoff_by_push_after_the_default_node_died(
+    cluster: RedisClusterServer,
+) -> None:
+    """The wake-up subscriber reconnects to a live node, not to the dead one forever."""
+    async with Cache.connect(cluster.url, namespace="hub") as cache:
+        first = await cache.lock("warm", ttl=30).acquire()
+        second = asyncio.create_task(cache.lock("warm", ttl=30, wait=20).acquire())
+        await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=10, message="a waiter")
+        await first.release()
+        await (await second).release()  # the wake-up link is up, on the default node
+        default = cache.client.get_default_node()
+        index = next(i for i, node in enumerate(cluster.masters) if node.port == default.port)
+        cluster.masters[index].kill()
+        await wait_until(
+            lambda: _promoted(_replica_of(cluster, index)),
+            timeout=30,
+            interval=0.1,
+            message="replica promoted",
+        )
+        holder = await _eventually(lambda: cache.lock("h", ttl=30).acquire(wait=0))
+        waiting = asyncio.create_task(cache.lock("h", ttl=30, wait=20).acquire())
+        await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=10, message="a waiter")
+        await wait_until(
+            lambda: cache.locks.hub.live(cache.keys.lock_channel("h")),
+            timeout=20,
+            interval=0.05,
+            message="the wake-up channel subscribed on a live node",
+        )
+        released = time.monotonic()
+        await holder.release()
+        lease = await waiting
+        assert time.monotonic() - released < 5  # pushed, not a 15 s TTL slice
+        await lease.release()

@@ -194,13 +194,25 @@ class Fenced:
     fence: int
 
 
-def _connection_for(client: Any, key: str | None, name: str) -> AbstractConnection:
-    """A new, unpooled connection like the client's (to ``key``'s node on a Cluster)."""
+def _connection_for(
+    client: Any, key: str | None, name: str, failures: int = 0
+) -> AbstractConnection:
+    """A new, unpooled connection like the client's (to ``key``'s node on a Cluster).
+
+    Without a key, a Cluster connection goes to the default node, or, after
+    ``failures`` failed connections in a row, to the next known node in turn:
+    a dead default node (a failover) is only replaced when a command of the
+    client fails on it, which may never happen.
+    """
     if isinstance(client, RedisCluster):
-        node = cast(
-            "ClusterNode",
-            client.get_node_from_key(key) if key is not None else client.get_default_node(),
-        )
+        if key is not None:
+            found = client.get_node_from_key(key)
+        elif failures:
+            nodes = client.get_nodes()
+            found = nodes[failures % len(nodes)]
+        else:
+            found = client.get_default_node()
+        node = cast("ClusterNode", found)
         cls, kwargs = node.connection_class, node.connection_kwargs
     else:
         pool = client.connection_pool
@@ -287,7 +299,7 @@ class _WakeHub:
 
     def __init__(
         self,
-        connect: Callable[[], AbstractConnection],
+        connect: Callable[[int], AbstractConnection],
         idle: float,
         orphan: Callable[[LockSpec, str], object],
     ) -> None:
@@ -303,6 +315,7 @@ class _WakeHub:
         self._task: asyncio.Task[None] | None = None
         self._down = False
         self._heard = False
+        self._failures = 0  # connections lost in a row (picks the node on a Cluster)
         self.connects = 0
 
     @property
@@ -363,11 +376,12 @@ class _WakeHub:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            connection = self._connect()
+            connection = self._connect(self._failures)
             writer: asyncio.Task[None] | None = None
             try:
                 await connection.connect()  # type: ignore[no-untyped-call]
                 self.connects += 1
+                self._failures = -1  # this node worked: the next loss tries it once more
                 self._down = False
                 delay = 0.05
                 writer = asyncio.create_task(self._write(connection))
@@ -380,6 +394,7 @@ class _WakeHub:
                     self._queue.put_nowait(None)
                     await asyncio.gather(writer, return_exceptions=True)
                 await connection.disconnect(nowait=True)
+            self._failures += 1
             self._lost()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -576,7 +591,9 @@ class LockManager:
         """
         if self._hub is None:
             self._hub = _WakeHub(
-                lambda: _connection_for(self.client, None, f"lock-wake:{self.id}"),
+                lambda failures: _connection_for(
+                    self.client, None, f"lock-wake:{self.id}", failures
+                ),
                 idle=self.wake_idle,
                 orphan=self._orphaned,
             )
