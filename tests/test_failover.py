@@ -82,6 +82,9 @@ async def test_wait_replicas_confirms_a_lock_claim_and_order(standalone: Cache) 
         assert claim.held
     entry = await cache.orders.submit(order(1), wait_replicas=1)
     assert await cache.orders.submit(order(1), wait_replicas=1) == entry  # idempotent repeat
+    pushed = await cache.trades.push(trade(1), exchange="ex", wait_replicas=1)
+    assert [t.id for t in await cache.trades.recent("ex", "BTC/USDT")] == ["1"]
+    assert pushed
 
 
 async def test_too_few_replicas_release_the_lock_and_raise(
@@ -99,10 +102,13 @@ async def test_too_few_replicas_release_the_lock_and_raise(
         with pytest.raises(NotReplicated):
             async with cache.bots.claim("ex", "ETH/USDT", "bot-1", wait_replicas=1):
                 pass  # pragma: no cover - never granted
-        assert await cache.bots.holder("ex", "ETH/USDT") is None or await _released_claim(cache)
+        await _released_claim(cache)
         with pytest.raises(NotReplicated) as submitted:
             await cache.orders.submit(order(2), wait_replicas=1)
         assert submitted.value.reply[0] == 1  # enqueued on the master
+        with pytest.raises(NotReplicated) as pushed:
+            await cache.trades.push(trade(2), exchange="ex", wait_replicas=1)
+        assert pushed.value.reply  # appended on the master: its entry id
     finally:
         replica.resume()
     # A retry is idempotent and waits again: now confirmed, same entry.
@@ -243,8 +249,9 @@ async def test_cluster_failover_under_load(cluster: RedisClusterServer, victim_t
 
     ``other-shard`` kills the master of ``{ex1}`` (tickers and trades of ex1):
     no acknowledged order (queue on another shard) or trade of ex0/ex3 is lost.
-    ``queue-shard`` kills the order queue's master: orders were submitted with
-    ``wait_replicas=1``, so none of the acknowledged ones is lost either.
+    ``queue-shard`` kills the master of the order queue and of ex3's trades:
+    orders and trades were written with ``wait_replicas=1``, so none of the
+    acknowledged ones is lost, on the failed shard either.
     """
     assert [_master_of(cluster, ex) for ex in SHARD_EXCHANGES] == [0, 1, 2]
     victim = _master_of(cluster, victim_tag)
@@ -282,7 +289,10 @@ async def test_cluster_failover_under_load(cluster: RedisClusterServer, victim_t
                 for ex in SHARD_EXCHANGES:
                     await guarded("ticker", lambda ex=ex: cache.tickers.set(TICKER, exchange=ex))
                     entry = await guarded(
-                        "trade", lambda ex=ex, n=n: cache.trades.push(trade(n), exchange=ex)
+                        "trade",
+                        lambda ex=ex, n=n: cache.trades.push(
+                            trade(n), exchange=ex, wait_replicas=replicas
+                        ),
                     )
                     if entry is not None:
                         acked_trades[ex].add(entry)
@@ -348,15 +358,16 @@ async def test_cluster_failover_under_load(cluster: RedisClusterServer, victim_t
         }
         assert acked_orders <= stored, acked_orders - stored
         assert consumed <= stored
-        # No acknowledged trade is lost from a surviving shard's streams.
+        # No acknowledged trade is lost from a surviving shard's streams, nor, with
+        # wait_replicas=1, from the failed shard's.
         for ex in SHARD_EXCHANGES:
-            if _master_of(cluster, ex) == victim:
+            if _master_of(cluster, ex) == victim and not replicas:
                 continue
             key = cache.keys.trades(ex, "BTC/USDT")
             entries = await _eventually(lambda key=key: cache.client.xrange(key, "-", "+"))
             assert acked_trades[ex] <= {entry.decode() for entry, _ in entries}
         assert errors, "the kill did not hit the load"
-        assert unconfirmed <= {"submit"}
+        assert unconfirmed <= {"submit", "trade"}
         if replicas:
             # The promoted master has no replica left: nothing can be confirmed now.
             with pytest.raises(NotReplicated):

@@ -739,10 +739,13 @@ What each primitive guarantees when the master holding it fails:
   confirmed: after a failover a consumer may see an order again (at-least-once;
   dedupe by `client_order_id`). Orders on the surviving shards are never
   affected.
-* **Trade** (`cache.trades.push`): no `wait_replicas`; trades pushed in the
-  last milliseconds before the master died may be lost from *that* shard's
-  streams (re-fetch them from the exchange); streams on other shards lose
-  nothing.
+* **Trade** (`cache.trades.push`). Without `wait_replicas` trades pushed in
+  the last milliseconds before the master died may be lost from *that*
+  shard's streams (re-fetch them from the exchange); streams on other shards
+  lose nothing. `cache.trades.push(trade, exchange, wait_replicas=1)` (per
+  call; the setting does not apply to trades) confirms a trade like an order;
+  on `NotReplicated` the trade is appended on the master, and pushing it again
+  appends it twice.
 * **Tickers, candles, balances**: last-writer-wins snapshots; the next update
   after the failover repairs them.
 
