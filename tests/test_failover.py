@@ -67,8 +67,20 @@ async def primary() -> AsyncIterator[tuple[RedisServer, RedisServer]]:
             server.stop()
 
 
+# Replicas that work get a generous WAIT timeout (the machine may be loaded); the
+# tests that pause a replica use `impatient`, which gives up after 0.2 s.
+PATIENT = 5.0
+
+
 @pytest.fixture
 async def standalone(primary: tuple[RedisServer, RedisServer]) -> AsyncIterator[Cache]:
+    master, _ = primary
+    async with Cache.connect(master.url, namespace="fo", wait_replicas_timeout=PATIENT) as cache:
+        yield cache
+
+
+@pytest.fixture
+async def impatient(primary: tuple[RedisServer, RedisServer]) -> AsyncIterator[Cache]:
     master, _ = primary
     async with Cache.connect(master.url, namespace="fo", wait_replicas_timeout=0.2) as cache:
         yield cache
@@ -88,9 +100,9 @@ async def test_wait_replicas_confirms_a_lock_claim_and_order(standalone: Cache) 
 
 
 async def test_too_few_replicas_release_the_lock_and_raise(
-    standalone: Cache, primary: tuple[RedisServer, RedisServer]
+    standalone: Cache, impatient: Cache, primary: tuple[RedisServer, RedisServer]
 ) -> None:
-    cache = standalone
+    cache = impatient
     with pytest.raises(NotReplicated) as info:
         await cache.lock("b", ttl=5, wait_replicas=2).acquire()
     assert (info.value.acked, info.value.wanted) == (1, 2)
@@ -112,7 +124,7 @@ async def test_too_few_replicas_release_the_lock_and_raise(
     finally:
         replica.resume()
     # A retry is idempotent and waits again: now confirmed, same entry.
-    entry = await cache.orders.submit(order(2), wait_replicas=1)
+    entry = await standalone.orders.submit(order(2), wait_replicas=1)
     assert submitted.value.reply[1].decode() == entry
 
 
@@ -130,9 +142,9 @@ async def _no_holder(cache: Cache) -> bool:
 
 
 async def test_key_reuse_is_reported_even_without_replicas(
-    standalone: Cache, primary: tuple[RedisServer, RedisServer]
+    impatient: Cache, primary: tuple[RedisServer, RedisServer]
 ) -> None:
-    cache = standalone
+    cache = impatient
     await cache.orders.submit(order(3), wait_replicas=1)
     _, replica = primary
     replica.pause()
@@ -173,7 +185,8 @@ async def test_run_replicated_reloads_lost_scripts_and_raises_errors(standalone:
     cache = standalone
     script = Script("t_echo", source="redis.call('SET', KEYS[1], ARGV[1]) return ARGV[1]")
     await cache.client.script_flush()
-    reply = await run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=1)
+    client = cache.client
+    reply = await run_replicated(client, "k", script, ["k"], ["v"], replicas=1, timeout=PATIENT)
     assert reply == b"v"
     failing = Script("t_fail", source="return redis.error_reply('boom')")
     with pytest.raises(TradecacheError, match="boom"):
@@ -388,7 +401,7 @@ async def test_fences_increase_across_a_failover_that_lost_the_last_grant(
     """
     name = "fence-x"
     index = _master_of(cluster, name)
-    async with Cache.connect(cluster.url, namespace="fx", wait_replicas_timeout=0.3) as cache:
+    async with Cache.connect(cluster.url, namespace="fx", wait_replicas_timeout=2) as cache:
         lease = await cache.lock(name, ttl=10, renew=False, wait_replicas=1).acquire()
         confirmed = lease.fence
         await lease.release()
@@ -427,7 +440,7 @@ async def test_fences_increase_across_a_failover_that_lost_the_last_grant(
 async def test_a_claim_survives_the_failover_of_its_own_shard(cluster: RedisClusterServer) -> None:
     """Renewals (on a dedicated connection) find the promoted replica without other traffic."""
     index = _master_of(cluster, "bots")
-    async with Cache.connect(cluster.url, namespace="cl") as cache:
+    async with Cache.connect(cluster.url, namespace="cl", wait_replicas_timeout=PATIENT) as cache:
         claim = await cache.bots.claim("ex0", "BTC/USDT", "bot-1", ttl=8, wait_replicas=1)
         cluster.masters[index].kill()
         await wait_until(
@@ -519,9 +532,9 @@ async def test_manager_remembers_a_bounded_number_of_fences(
 
 
 async def test_a_waiter_not_granted_ignores_unconfirmed_queueing(
-    standalone: Cache, primary: tuple[RedisServer, RedisServer]
+    impatient: Cache, primary: tuple[RedisServer, RedisServer]
 ) -> None:
-    cache = standalone
+    cache = impatient
     holder = await cache.lock("w", ttl=5).acquire()
     _, replica = primary
     replica.pause()
@@ -550,7 +563,7 @@ async def test_run_replicated_on_a_cluster(cluster: RedisClusterServer) -> None:
     script = Script("t_set", source="return redis.call('SET', KEYS[1], ARGV[1])")
     client = create_client(cluster.url)  # not initialized: no slot table yet
     try:
-        reply = await run_replicated(client, "k", script, ["k"], ["v"], replicas=1, timeout=1)
+        reply = await run_replicated(client, "k", script, ["k"], ["v"], replicas=1, timeout=PATIENT)
         assert reply == b"OK"
         right = client.get_node_from_key("k")
         wrong = next(node for node in client.get_primaries() if node is not right)
