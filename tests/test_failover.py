@@ -611,3 +611,28 @@ async def test_lock_handoff_by_push_after_the_default_node_died(
         lease = await waiting
         assert time.monotonic() - released < 5  # pushed, not a 15 s TTL slice
         await lease.release()
+
+
+async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
+    impatient: Cache, primary: tuple[RedisServer, RedisServer]
+) -> None:
+    cache = impatient
+    _, replica = primary
+    script = Script("t_set2", source="return redis.call('SET', KEYS[1], ARGV[1])")
+    replica.pause()
+    try:
+        task = asyncio.create_task(
+            run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=30)
+        )
+        await wait_until(lambda: _waiting_clients(cache), timeout=10, message="WAIT blocked")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        replica.resume()
+    assert await cache.client.get("k") == b"v"  # the pool is in step: no late WAIT reply
+
+
+async def _waiting_clients(cache: Cache) -> bool:
+    clients = await cache.client.client_list()
+    return any(client.get("cmd") == "wait" for client in clients)

@@ -24,6 +24,7 @@ the most up-to-date replica); it is not a consensus protocol (see the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Sequence
@@ -142,11 +143,12 @@ async def run_replicated(
             reply, acked = await _exchange(
                 connection, [("EVAL", script.source, len(keys), *keys, *args), wait], read_timeout
             )
-    except BaseException:
+    except BaseException as exc:
         # Cancelled or failed mid-exchange: a late reply must not reach the next user.
         await connection.disconnect(nowait=True)
         await _release(pool, connection)
-        await refresh_routing(client, key)
+        if not isinstance(exc, asyncio.CancelledError):
+            await refresh_routing(client, key)  # the node may be gone (a failover)
         raise
     await _release(pool, connection)
     if isinstance(reply, ResponseError):
