@@ -160,12 +160,17 @@ async def test_key_reuse_is_reported_even_without_replicas(
 async def test_a_handed_over_lock_is_confirmed_too(standalone: Cache) -> None:
     cache = standalone
     first = await cache.lock("h", ttl=5).acquire()
-    waiting = asyncio.create_task(cache.lock("h", ttl=5, wait=10, wait_replicas=1).acquire())
-    await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=5, message="a waiter")
-    await first.release()
+    lock = cache.lock("h", ttl=5, wait=10, wait_replicas=1)
+    waiting = asyncio.create_task(lock.acquire())
+    await wait_until(lambda: _queued(cache, lock), timeout=10, message="a queued waiter")
+    await first.release()  # hands the lock over to the waiter
     second = await waiting
     assert second.fence > first.fence
     await second.release()
+
+
+async def _queued(cache: Cache, lock: Any) -> bool:
+    return bool(await cache.client.zcard(lock.spec.queue))
 
 
 async def test_settings_default_and_validation(primary: tuple[RedisServer, RedisServer]) -> None:
@@ -584,8 +589,9 @@ async def test_lock_handoff_by_push_after_the_default_node_died(
     """The wake-up subscriber reconnects to a live node, not to the dead one forever."""
     async with Cache.connect(cluster.url, namespace="hub") as cache:
         first = await cache.lock("warm", ttl=30).acquire()
-        second = asyncio.create_task(cache.lock("warm", ttl=30, wait=20).acquire())
-        await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=10, message="a waiter")
+        warm = cache.lock("warm", ttl=30, wait=20)
+        second = asyncio.create_task(warm.acquire())
+        await wait_until(lambda: _queued(cache, warm), timeout=10, message="a queued waiter")
         await first.release()
         await (await second).release()  # the wake-up link is up, on the default node
         default = cache.client.get_default_node()
@@ -598,8 +604,9 @@ async def test_lock_handoff_by_push_after_the_default_node_died(
             message="replica promoted",
         )
         holder = await _eventually(lambda: cache.lock("h", ttl=30).acquire(wait=0))
-        waiting = asyncio.create_task(cache.lock("h", ttl=30, wait=20).acquire())
-        await wait_until(lambda: cache.locks.hub.waiting == 1, timeout=10, message="a waiter")
+        lock = cache.lock("h", ttl=30, wait=20)
+        waiting = asyncio.create_task(lock.acquire())
+        await wait_until(lambda: _queued(cache, lock), timeout=10, message="a queued waiter")
         await wait_until(
             lambda: cache.locks.hub.live(cache.keys.lock_channel("h")),
             timeout=20,
