@@ -643,3 +643,16 @@ async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
 async def _waiting_clients(cache: Cache) -> bool:
     clients = await cache.client.client_list()
     return any(client.get("cmd") == "wait" for client in clients)
+
+
+def test_wait_replicas_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tradecache import ConfigError, Settings
+
+    monkeypatch.setenv("TRADECACHE_WAIT_REPLICAS", "1")
+    monkeypatch.setenv("TRADECACHE_WAIT_REPLICAS_TIMEOUT", "0.25")
+    settings = Settings()
+    assert (settings.wait_replicas, settings.wait_replicas_timeout) == (1, 0.25)
+    with pytest.raises(ConfigError, match="TRADECACHE_WAIT_REPLICAS_TIMEOUT"):
+        Settings(wait_replicas_timeout=0)
+    with pytest.raises(ConfigError, match="TRADECACHE_WAIT_REPLICAS"):
+        Settings(wait_replicas=17)

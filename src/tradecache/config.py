@@ -155,10 +155,14 @@ class Settings(BaseSettings):
         "metadata_load_timeout",
         "process_stale_after",
         "process_retention",
-        "wait_replicas_timeout",
     )
     @classmethod
     def _check_positive(cls, value: float) -> float:
+        return _positive(value)
+
+    @field_validator("wait_replicas_timeout")
+    @classmethod
+    def _check_wait_timeout(cls, value: float) -> float:
         return _positive(value)
 
     @field_validator("retry_backoff", "retry_backoff_cap", "ticker_cross_tolerance")
