@@ -391,20 +391,27 @@ class Cache:
         wait: float | None = None,
         renew: bool = True,
         on_lost: OnLost | None = None,
+        *,
+        wait_replicas: int | None = None,
     ) -> Lock:
         """A distributed lock with fencing; ``async with`` it to get a ``Lease``.
 
         ``ttl`` bounds a lease (renewed every ``ttl/3`` while ``renew``);
         ``wait=None`` blocks, ``0`` tries once, ``s`` raises ``WaitTimeout``
         after ``s`` seconds; ``on_lost(lease)`` runs once if a lease is lost.
-        See :mod:`tradecache.coordination.lock` for the guarantees.
+        ``wait_replicas=n`` (default ``Settings.wait_replicas``) grants a lease
+        only once ``n`` replicas have it (``WAIT``), else releases it and raises
+        ``NotReplicated``. See :mod:`tradecache.coordination.lock` for the
+        guarantees and the ``failover`` guide for what survives a failover.
 
         Example::
 
             async with cache.lock("rebalance", ttl=5) as lease:
                 await lease.fenced_set(cache.keys.key("plan", "current"), plan_json)
         """
-        return self.locks.lock(name, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost)
+        return self.locks.lock(
+            name, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost, wait_replicas=wait_replicas
+        )
 
     @cached_property
     def breakers(self) -> Breakers:

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         description="max connections per Cluster node (redis-py's cluster pool cannot wait)",
     )
 
+    # --- replication (see the "failover" guide) --------------------------------------------
+    wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        le=16,
+        description="replicas that must confirm a lock, claim or order submit (WAIT); 0: none",
+    )
+    wait_replicas_timeout: float = Field(
+        default=0.5, description="how long a write waits for those replicas (NotReplicated after)"
+    )
+
     # --- encoding ----------------------------------------------------------------------------
     codec: Literal["json", "msgpack"] = "json"
 
@@ -161,6 +172,11 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _check_positive(cls, value: float) -> float:
+        return _positive(value)
+
+    @field_validator("wait_replicas_timeout")
+    @classmethod
+    def _check_wait_timeout(cls, value: float) -> float:
         return _positive(value)
 
     @field_validator("retry_backoff", "retry_backoff_cap", "ticker_cross_tolerance")

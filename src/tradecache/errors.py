@@ -21,6 +21,7 @@ keep working.
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
@@ -38,6 +39,7 @@ __all__ = [
     "KeyReuse",
     "LockLost",
     "NotFound",
+    "NotReplicated",
     "ReplayedFailure",
     "TradecacheError",
     "ValidationError",
@@ -144,6 +146,26 @@ class Claimed(TradecacheError):
         return (type(self), (self.key, self.holder))
 
 
+class NotReplicated(TradecacheError):
+    """Fewer replicas than asked (``wait_replicas=``) acknowledged a write in time.
+
+    The write happened on the master; a failover may still lose it.
+    ``acked`` replicas confirmed it, ``wanted`` were asked for. A lock or
+    claim is released before this is raised (it was never handed out); an
+    order stays submitted (``reply`` holds the script's reply, and a retry of
+    the same submit is idempotent and waits again).
+    """
+
+    def __init__(self, acked: int, wanted: int, reply: Any = None) -> None:
+        self.acked = acked
+        self.wanted = wanted
+        self.reply = reply
+        super().__init__(f"{acked} of {wanted} replicas acknowledged the write in time")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.acked, self.wanted, self.reply))
+
+
 class WaitTimeout(TradecacheError, TimeoutError):
     """A bounded wait (``tickers.next``, ``lock(wait=...)`` ...) ran out."""
 
@@ -158,6 +180,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     redis_exceptions.TryAgainError,
     redis_exceptions.MasterDownError,
     redis_exceptions.ReadOnlyError,
+    redis_exceptions.SlotNotCoveredError,  # a Cluster slot without a master (failover)
     ConnectionError,
     OSError,
 )
@@ -172,6 +195,8 @@ def translate(exc: BaseException) -> TradecacheError:
         return ConnectionLost(f"Redis unreachable: {exc}")
     if isinstance(exc, _CONNECTION_ERRORS):
         return ConnectionLost(f"Redis unreachable: {exc}")
+    if isinstance(exc, AttributeError | TypeError):
+        return ConnectionLost(f"Redis connection closed while in use: {exc!r}")
     return CommandError(f"{type(exc).__name__}: {exc}")
 
 
@@ -181,6 +206,24 @@ _TRANSLATED: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
 )
+_REDIS_ASYNCIO = f"{os.sep}redis{os.sep}asyncio{os.sep}"
+
+
+def _broken_under_us(exc: BaseException) -> bool:
+    """An AttributeError/TypeError from inside redis-py's asyncio connection code.
+
+    During a Cluster failover redis-py closes every connection of a node
+    (``RedisCluster.aclose()`` after CLUSTERDOWN, a pipeline retry) while other
+    tasks are still using some of them: their next read or write fails with
+    ``'NoneType' object has no attribute 'writelines'`` or similar
+    (redis-py #3546). That is a lost connection, not a bug of the caller.
+    """
+    tb = exc.__traceback__
+    inside = False
+    while tb is not None:
+        inside = inside or _REDIS_ASYNCIO in tb.tb_frame.f_code.co_filename
+        tb = tb.tb_next
+    return inside
 
 
 @contextmanager
@@ -196,6 +239,10 @@ def translate_redis_errors() -> Iterator[None]:
         yield
     except TradecacheError:
         raise
+    except (AttributeError, TypeError) as exc:
+        if not _broken_under_us(exc):
+            raise
+        raise translate(exc) from exc
     except _TRANSLATED as exc:
         raise translate(exc) from exc
 
@@ -218,6 +265,10 @@ def redis_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             return await fn(*args, **kwargs)
         except TradecacheError:
             raise
+        except (AttributeError, TypeError) as exc:
+            if not _broken_under_us(exc):
+                raise
+            raise translate(exc) from exc
         except _TRANSLATED as exc:
             raise translate(exc) from exc
 

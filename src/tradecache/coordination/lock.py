@@ -16,12 +16,14 @@ Guarantees (each one fixes a fault of the existing Python locks):
   object holds no ownership state, so two tasks sharing one cannot release
   each other's lease.
 * **Fencing.** ``lease.fence`` comes from the acquire script:
-  ``fence = max(previous fence + 1, server time in µs)``. It strictly increases
-  over every grant of the name while the counter key (no TTL) exists, and
-  across a restart with persistence. If the counter is lost (evicted under an
-  ``allkeys-*`` policy, a restart without fsync, a failover to a lagging
-  replica) the server clock keeps fences above every earlier one, unless that
-  clock also stepped back by more than the lost interval.
+  ``fence = max(previous fence + 1, server time in µs, floor + 1)``. It
+  strictly increases over every grant of the name while the counter key (no
+  TTL) exists, and across a restart with persistence. If the counter is lost
+  (evicted under an ``allkeys-*`` policy, a restart without fsync, a failover
+  to a replica that missed the last grants) the server clock, the fence's
+  epoch, keeps fences above every earlier one, unless that clock is behind by
+  more than the lost interval; ``floor``, the highest fence of the name this
+  process has seen, keeps this process's own fences rising even then.
 * **Bounded lease, renewed.** A TTL is mandatory. With ``renew=True`` a
   watchdog renews at ``ttl/3`` on a dedicated connection (never starved by a
   busy pool). The holder keeps a local monotonic deadline
@@ -52,7 +54,11 @@ Guarantees (each one fixes a fault of the existing Python locks):
 
 Limits: this is a Redis lock (efficiency, plus safety *through fencing*), not
 a consensus lock. Replication is asynchronous: a failover may lose a lease
-(two holders until the old one notices); fenced writes stay safe. An eviction
+(two holders until the old one notices); fenced writes stay safe.
+``wait_replicas=n`` grants a lease only once ``n`` replicas confirmed it
+(``WAIT`` on the connection of the grant), else releases it and raises
+:class:`~tradecache.errors.NotReplicated`: such a lease survives the
+failover of its master (see the operations guide, "Failover"). An eviction
 policy other than ``noeviction`` may evict a live lease (``cache.health()``
 warns). Locks are not reentrant: acquiring a lock the same task holds waits.
 If a waiting process dies just as the lock is handed to it, that lease
@@ -81,9 +87,18 @@ from redis.exceptions import ResponseError
 
 from .._tasks import cancel_and_wait
 from ..context import Context
-from ..errors import LockLost, TradecacheError, ValidationError, WaitTimeout, redis_errors
+from ..errors import (
+    ConnectionLost,
+    LockLost,
+    NotReplicated,
+    TradecacheError,
+    ValidationError,
+    WaitTimeout,
+    redis_errors,
+)
 from ..keys import validate_part
 from ..metrics import instrumented
+from ..replication import check_replicas, refresh_routing, run_replicated
 from ..scripts import Script
 
 __all__ = ["Fenced", "Lease", "Lock", "LockHolder", "LockManager", "LockSpec"]
@@ -105,6 +120,8 @@ _DRIFT_FACTOR: Final = 0.01
 _DRIFT_MIN: Final = 0.002
 # A waiter re-tries this long after the holder's TTL should have run out.
 _SLICE_MARGIN: Final = 0.001
+# Locks whose last fence a LockManager remembers.
+_MAX_FENCES: Final = 10_000
 # How long close() lets background releases finish.
 _CLOSE_GRACE: Final = 2.0
 
@@ -177,13 +194,25 @@ class Fenced:
     fence: int
 
 
-def _connection_for(client: Any, key: str | None, name: str) -> AbstractConnection:
-    """A new, unpooled connection like the client's (to ``key``'s node on a Cluster)."""
+def _connection_for(
+    client: Any, key: str | None, name: str, failures: int = 0
+) -> AbstractConnection:
+    """A new, unpooled connection like the client's (to ``key``'s node on a Cluster).
+
+    Without a key, a Cluster connection goes to the default node, or, after
+    ``failures`` failed connections in a row, to the next known node in turn:
+    a dead default node (a failover) is only replaced when a command of the
+    client fails on it, which may never happen.
+    """
     if isinstance(client, RedisCluster):
-        node = cast(
-            "ClusterNode",
-            client.get_node_from_key(key) if key is not None else client.get_default_node(),
-        )
+        if key is not None:
+            found = client.get_node_from_key(key)
+        elif failures:
+            nodes = client.get_nodes()
+            found = nodes[failures % len(nodes)]
+        else:
+            found = client.get_default_node()
+        node = cast("ClusterNode", found)
         cls, kwargs = node.connection_class, node.connection_kwargs
     else:
         pool = client.connection_pool
@@ -270,7 +299,7 @@ class _WakeHub:
 
     def __init__(
         self,
-        connect: Callable[[], AbstractConnection],
+        connect: Callable[[int], AbstractConnection],
         idle: float,
         orphan: Callable[[LockSpec, str], object],
     ) -> None:
@@ -286,6 +315,7 @@ class _WakeHub:
         self._task: asyncio.Task[None] | None = None
         self._down = False
         self._heard = False
+        self._failures = 0  # connections lost in a row (picks the node on a Cluster)
         self.connects = 0
 
     @property
@@ -346,11 +376,12 @@ class _WakeHub:
     async def _run(self) -> None:
         delay = 0.05
         while True:
-            connection = self._connect()
+            connection = self._connect(self._failures)
             writer: asyncio.Task[None] | None = None
             try:
                 await connection.connect()  # type: ignore[no-untyped-call]
                 self.connects += 1
+                self._failures = -1  # this node worked: the next loss tries it once more
                 self._down = False
                 delay = 0.05
                 writer = asyncio.create_task(self._write(connection))
@@ -363,6 +394,7 @@ class _WakeHub:
                     self._queue.put_nowait(None)
                     await asyncio.gather(writer, return_exceptions=True)
                 await connection.disconnect(nowait=True)
+            self._failures += 1
             self._lost()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
@@ -478,6 +510,10 @@ class LockManager:
         self._hub: _WakeHub | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._holding: set[str] = set()  # tokens of this process's live leases
+        # The highest fence seen per lock key (most recent last): the floor of the next
+        # fence this process asks for, so its fences rise even if a failover lost the
+        # counter and the promoted server's clock is behind.
+        self._fences: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<LockManager {self.ctx.keys.namespace!r} background={len(self._tasks)}>"
@@ -491,6 +527,7 @@ class LockManager:
         on_lost: OnLost | None = None,
         *,
         owner: str | None = None,
+        wait_replicas: int | None = None,
     ) -> Lock:
         """A :class:`Lock` named ``name`` (see :meth:`tradecache.Cache.lock`).
 
@@ -505,7 +542,10 @@ class LockManager:
             name=name, key=keys.lock(name), fence_key=keys.lock_fence(name),
             queue=keys.lock_queue(name), channel=keys.lock_channel(name),
         )  # fmt: skip
-        return Lock(self, spec, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost, owner=owner)
+        return Lock(
+            self, spec, ttl=ttl, wait=wait, renew=renew, on_lost=on_lost, owner=owner,
+            wait_replicas=wait_replicas,
+        )  # fmt: skip
 
     # --- fenced writes ---------------------------------------------------------------------
 
@@ -551,7 +591,9 @@ class LockManager:
         """
         if self._hub is None:
             self._hub = _WakeHub(
-                lambda: _connection_for(self.client, None, f"lock-wake:{self.id}"),
+                lambda failures: _connection_for(
+                    self.client, None, f"lock-wake:{self.id}", failures
+                ),
                 idle=self.wake_idle,
                 orphan=self._orphaned,
             )
@@ -571,7 +613,14 @@ class LockManager:
 
     async def _renew(self, spec: LockSpec, token: str, ttl_ms: int) -> bool:
         """Extend the lease ``token`` holds, on the dedicated link; False if it is gone."""
-        reply = await RENEW(self._link(spec.key), spec.renew_keys, [token, ttl_ms, spec.member])
+        try:
+            reply = await RENEW(self._link(spec.key), spec.renew_keys, [token, ttl_ms, spec.member])
+        except ConnectionLost:
+            # A failover? The link goes to the key's node as the client knows it:
+            # make the client re-read the slot table, so the next renewal finds the
+            # promoted replica.
+            await refresh_routing(self.client, spec.key)
+            raise
         return bool(reply == 1)
 
     async def _release(self, spec: LockSpec, token: str) -> bool:
@@ -592,6 +641,14 @@ class LockManager:
         """
         args = [token, waiter, spec.channel, spec.member]
         return bool(await LEAVE(self.client, spec.keys, args) == 1)
+
+    def _saw(self, key: str, fence: int) -> None:
+        """Remember ``fence`` as seen for the lock ``key`` (bounded: the oldest go first)."""
+        fences = self._fences
+        fence = max(fence, fences.pop(key, 0))
+        fences[key] = fence
+        if len(fences) > _MAX_FENCES:
+            del fences[next(iter(fences))]
 
     def _spawn(self, awaitable: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``awaitable`` in the background; kept alive and awaited by :meth:`aclose`."""
@@ -667,6 +724,7 @@ class Lease:
         self.lost_reason: str | None = None
         self._released = False
         lock.manager._holding.add(token)
+        lock.manager._saw(lock.spec.key, fence)
         self._deadline = granted_at + lock.lifetime
         self._watchdog: asyncio.Task[None] | None = None
         if lock.renew:
@@ -937,6 +995,7 @@ class Lock:
         renew: bool = True,
         on_lost: OnLost | None = None,
         owner: str | None = None,
+        wait_replicas: int | None = None,
     ) -> None:
         self.manager = manager
         self.metrics = manager.metrics
@@ -949,6 +1008,11 @@ class Lock:
         self.renew = bool(renew)
         self.on_lost = on_lost
         self.owner = manager.owner if owner is None else validate_part(owner, "owner")
+        settings = manager.ctx.settings
+        self.wait_replicas = check_replicas(
+            settings.wait_replicas if wait_replicas is None else wait_replicas
+        )
+        self.wait_replicas_timeout = settings.wait_replicas_timeout
         self._entered: dict[asyncio.Task[Any] | None, list[Lease]] = {}
 
     def __repr__(self) -> str:
@@ -1020,8 +1084,12 @@ class Lock:
                         await woken.event.wait()
                 if woken.fence is not None:
                     # The release granted it to us (no later than our last try was sent).
-                    lease = Lease(self, token, woken.fence, sent)
-                    return lease, None
+                    if not self.wait_replicas:
+                        lease = Lease(self, token, woken.fence, sent)
+                        return lease, None
+                    # The releaser's write is not ours to WAIT for: the next try finds
+                    # the lock ours and writes (PEXPIRE), and WAIT covers everything before.
+                    woken.fence = None
         finally:
             hub.unwatch(self.spec.channel, token)
             if lease is None:  # leave the queue; a handoff we missed goes to the next waiter
@@ -1034,10 +1102,23 @@ class Lock:
         """
         manager = self.manager
         started = time.monotonic()
-        args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter]
-        task = manager._spawn(ACQUIRE(manager.client, self.spec.keys, args))
+        floor = manager._fences.get(self.spec.key, 0)
+        args: list[str | int] = [token, self.ttl_ms, self.owner, self.spec.member, waiter, floor]
+        if self.wait_replicas:
+            call = run_replicated(
+                manager.client, self.spec.key, ACQUIRE, self.spec.keys, args,
+                replicas=self.wait_replicas, timeout=self.wait_replicas_timeout,
+            )  # fmt: skip
+        else:
+            call = ACQUIRE(manager.client, self.spec.keys, args)
+        task = manager._spawn(call)
         try:
-            reply = await asyncio.shield(task)
+            try:
+                reply = await asyncio.shield(task)
+            except NotReplicated as exc:
+                if exc.reply[0] == 1:
+                    raise  # granted, but a failover could lose it: released below
+                reply = exc.reply  # not granted: nothing to confirm
         except asyncio.CancelledError:
             # The script may run (or have run) anyway: release whatever it granted.
             task.add_done_callback(lambda done: self._compensate(done, token))

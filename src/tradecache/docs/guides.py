@@ -744,6 +744,82 @@ waiters) are sliced below it.
   clock).
 * A Cluster needs nothing special: every multi-key operation stays in one slot.
 
+## Failover: what survives (`wait_replicas`)
+
+Redis replicates asynchronously. When a master dies, a replica is promoted
+(Redis Cluster after `cluster-node-timeout`, Sentinel after
+`down-after-milliseconds` plus the election) and every write the master
+acknowledged but had not yet sent to that replica is gone. Meanwhile calls to
+the dead master's slots raise `ConnectionLost` within the latency budget
+(never hang), calls to the other shards go on, and afterwards the same
+`Cache` works again: no reconnect, no new object (the Cluster client re-reads
+its slot table after a failed call; lock renewals, which run on their own
+connections, make it do so too).
+
+`wait_replicas=n` sends `WAIT n wait_replicas_timeout` right after the write,
+on the same connection (on a Cluster: the connection to the key's master), and
+succeeds only once `n` replicas have the write. When fewer acknowledge in time
+it raises `NotReplicated` (`acked`, `wanted`); it never silently succeeds.
+
+```python
+async with cache.lock("rebalance", ttl=10, wait_replicas=1) as lease: ...
+async with cache.bots.claim("binance", "BTC/USDT", "grid-1", wait_replicas=1) as claim: ...
+entry = await cache.orders.submit(order, exchange="binance", wait_replicas=1)
+cache = await Cache.connect(url, wait_replicas=1, wait_replicas_timeout=0.5)  # default for all
+```
+
+`TRADECACHE_WAIT_REPLICAS` (0) and `TRADECACHE_WAIT_REPLICAS_TIMEOUT` (0.5 s)
+set the defaults of these three calls. A failover promotes the most up-to-date
+replica, so a write that `n >= 1` replicas confirmed survives the loss of its
+master unless every confirming replica is lost too. This is not consensus:
+a network partition can still let an isolated master accept writes for up to
+the node timeout (use `min-replicas-to-write` on the server against that).
+
+What each primitive guarantees when the master holding it fails:
+
+* **Lock** (`cache.lock`). Without `wait_replicas` the lease may be lost with
+  the master: another process can get the lock while the old holder still
+  believes it holds it, until its renewal fails (it then sets `lease.lost`)
+  or its local deadline passes. With `wait_replicas=1` the lease exists on a
+  replica before `acquire` returns; after the promotion it is still held and
+  renewals go on (unless the failover takes longer than the lease's TTL: then
+  the local deadline declares it lost, as for any outage). A lease that could
+  not be confirmed is released and `NotReplicated` is raised (it was never
+  handed out). **Fences increase across every failover either way**: a fence
+  is `max(last fence + 1, server time in microseconds)`, so a promoted replica
+  that never saw the last grants still issues a higher fence, as long as its
+  clock is not behind the dead master's by more than the failover took
+  (seconds; NTP keeps hosts within milliseconds). Fenced writes
+  (`lease.fenced_set`) therefore reject a stale holder even after a lost lease.
+* **Claim** (`cache.bots.claim`): a claim is a lease; all of the above
+  holds. With `wait_replicas=1` a bot keeps its symbol through the failover;
+  without it two bots may briefly both believe they hold it, and
+  `claim.fence` tells their writes apart.
+* **Order** (`cache.orders.submit`). Without `wait_replicas` an acknowledged
+  order can be lost if the queue's master dies within milliseconds of the
+  submit. With `wait_replicas=1` an order whose `submit` returned is in the
+  stream after the failover. On `NotReplicated` the order *is* queued on the
+  master (`exc.reply`); submitting the same order again is idempotent (same
+  entry id) and waits again. Acknowledged consumption (`ack`) is not
+  confirmed: after a failover a consumer may see an order again (at-least-once;
+  dedupe by `client_order_id`). Orders on the surviving shards are never
+  affected.
+* **Trade** (`cache.trades.push`). Without `wait_replicas` trades pushed in
+  the last milliseconds before the master died may be lost from *that*
+  shard's streams (re-fetch them from the exchange); streams on other shards
+  lose nothing. `cache.trades.push(trade, exchange, wait_replicas=1)` (per
+  call; the setting does not apply to trades) confirms a trade like an order;
+  on `NotReplicated` the trade is appended on the master, and pushing it again
+  appends it twice.
+* **Tickers, candles, balances**: last-writer-wins snapshots; the next update
+  after the failover repairs them.
+
+After a failover the promoted master has no replica until you add one:
+every `wait_replicas=1` call raises `NotReplicated` until then (by design:
+the guarantee cannot be given). The acceptance tests in
+`tests/test_failover.py` kill a master of a 3 + 3 Cluster under load
+and check each statement above.
+
 ## Health and metrics
 
 ```python

@@ -3,7 +3,8 @@
 -- KEYS[3] waiter queue (sorted set of waiters by arrival, server ms),
 -- KEYS[4] optional index (sorted set of members scored by expiry, server ms).
 -- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] owner, ARGV[4] index member,
--- ARGV[5] waiter '<hub>:<token>:<ttl ms>:<owner>' ('' when the caller will not wait).
+-- ARGV[5] waiter '<hub>:<token>:<ttl ms>:<owner>' ('' when the caller will not wait),
+-- ARGV[6] the highest fence of this lock the caller has seen (0: none): a new fence is above.
 -- Returns {1, fence} when granted, {0, pttl, owner} when held by someone else.
 local held = redis.call('HGET', KEYS[1], 'token')
 if held == ARGV[1] then
@@ -25,4 +26,4 @@ end
 if ARGV[5] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[5])
 end
-return {1, tc_lock_grant(KEYS[1], KEYS[2], KEYS[4], ARGV[4], ARGV[1], ARGV[2], ARGV[3])}
+return {1, tc_lock_grant(KEYS[1], KEYS[2], KEYS[4], ARGV[4], ARGV[1], ARGV[2], ARGV[3], ARGV[6])}

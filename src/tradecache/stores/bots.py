@@ -233,7 +233,7 @@ class BotCache:
 
     def _lock(
         self, exchange: str, symbol: str, bot_id: str, ttl: float, wait: float | None,
-        on_lost: OnLost | None,
+        on_lost: OnLost | None, wait_replicas: int | None = None,
     ) -> Lock:  # fmt: skip
         keys = self.keys
         spec = LockSpec(
@@ -245,7 +245,10 @@ class BotCache:
             index=keys.bot_claims(),
             member=f"{exchange}:{symbol}",
         )
-        return Lock(self.locks, spec, ttl=ttl, wait=wait, on_lost=on_lost, owner=bot_id)
+        return Lock(
+            self.locks, spec, ttl=ttl, wait=wait, on_lost=on_lost, owner=bot_id,
+            wait_replicas=wait_replicas,
+        )  # fmt: skip
 
     def claim(
         self,
@@ -255,6 +258,8 @@ class BotCache:
         ttl: float = 30.0,
         wait: float | None = 0,
         on_lost: OnLost | None = None,
+        *,
+        wait_replicas: int | None = None,
     ) -> _Claiming:
         """Claim ``symbol`` on ``exchange`` for ``bot_id``: ``async with`` it, or await it.
 
@@ -263,6 +268,9 @@ class BotCache:
         seconds, ``wait=None`` until it gets it. Raises
         :class:`~tradecache.errors.Claimed` (with ``holder``, the other bot)
         when the claim stays taken. ``on_lost(lease)`` runs once if it is lost.
+        ``wait_replicas=n`` (default ``Settings.wait_replicas``): the claim is
+        granted only once ``n`` replicas have it, else it is released and
+        :class:`~tradecache.errors.NotReplicated` is raised.
 
         Example::
 
@@ -275,7 +283,7 @@ class BotCache:
         exchange = validate_exchange(exchange)
         symbol = validate_symbol(symbol)
         bot_id = validate_part(bot_id, "bot_id")
-        lock = self._lock(exchange, symbol, bot_id, ttl, wait, on_lost)
+        lock = self._lock(exchange, symbol, bot_id, ttl, wait, on_lost, wait_replicas)
 
         async def acquire() -> Claim:
             return await self._acquire(lock, exchange, symbol, bot_id)

@@ -47,10 +47,11 @@ from typing import Any, Final
 import msgspec
 
 from ..context import Context
-from ..errors import KeyReuse, NotFound, ValidationError, redis_errors
+from ..errors import KeyReuse, NotFound, NotReplicated, ValidationError, redis_errors
 from ..keys import validate_exchange, validate_part
 from ..metrics import instrumented
 from ..models import Order, OrderSide, OrderStatus, convert, enc_hook, to_ms
+from ..replication import check_replicas, run_replicated
 from ..scripts import Script
 from ._input import to_model
 from .streams import Delivery, StreamGroups, decode_id
@@ -134,12 +135,24 @@ class OrdersCache:
 
     @instrumented("orders.submit")
     @redis_errors
-    async def submit(self, order: Order | Mapping[str, Any], exchange: str | None = None) -> str:
+    async def submit(
+        self,
+        order: Order | Mapping[str, Any],
+        exchange: str | None = None,
+        *,
+        wait_replicas: int | None = None,
+    ) -> str:
         """Enqueue ``order`` once; return its stream entry id.
 
         Idempotent by ``client_order_id`` (``id`` when there is none): a repeat
         of the same order returns the first entry id and enqueues nothing; the
         same client order id with a different order raises ``KeyReuse``.
+
+        ``wait_replicas=n`` (default ``Settings.wait_replicas``) returns only
+        once ``n`` replicas have the order (``WAIT``), so a failover of the
+        queue's master cannot lose it; else it raises
+        :class:`~tradecache.errors.NotReplicated` with the order enqueued on
+        the master: submit it again (idempotent) to wait again.
 
         Example::
 
@@ -154,11 +167,25 @@ class OrdersCache:
         client_id = model.client_order_id or model.id
         payload = self.codec.encode(model)
         fingerprint = hashlib.sha1(payload).hexdigest()
-        status, entry_id = await _SUBMIT(
-            self.client,
-            keys=[self.keys.order_queue(), self.keys.order_submitted(model.exchange, client_id)],
-            args=[fingerprint, payload, self._ttl_ms, self.settings.stream_maxlen],
+        replicas = check_replicas(
+            self.settings.wait_replicas if wait_replicas is None else wait_replicas
         )
+        keys = [self.keys.order_queue(), self.keys.order_submitted(model.exchange, client_id)]
+        args: list[str | bytes | int] = [
+            fingerprint, payload, self._ttl_ms, self.settings.stream_maxlen, int(replicas > 0),
+        ]  # fmt: skip
+        if replicas:
+            try:
+                status, entry_id = await run_replicated(
+                    self.client, keys[0], _SUBMIT, keys, args,
+                    replicas=replicas, timeout=self.settings.wait_replicas_timeout,
+                )  # fmt: skip
+            except NotReplicated as exc:
+                if exc.reply[0] != -1:
+                    raise
+                status, entry_id = exc.reply  # nothing written: KeyReuse below
+        else:
+            status, entry_id = await _SUBMIT(self.client, keys=keys, args=args)
         entry = decode_id(entry_id)
         if status == -1:
             raise KeyReuse(

@@ -44,6 +44,7 @@ from ..errors import ValidationError, redis_errors
 from ..keys import validate_exchange, validate_part, validate_symbol
 from ..metrics import instrumented
 from ..models import Trade, from_ms
+from ..replication import check_replicas, run_replicated
 from ..scripts import Script, ScriptBatch
 from ._input import to_model
 from .streams import Delivery, StreamGroups, decode_id
@@ -92,8 +93,16 @@ class TradesCache:
 
     @instrumented("trades.push")
     @redis_errors
-    async def push(self, trade: TradeInput, exchange: str | None = None) -> str:
+    async def push(
+        self, trade: TradeInput, exchange: str | None = None, *, wait_replicas: int = 0
+    ) -> str:
         """Append one public trade to its (exchange, symbol) stream; return the entry id.
+
+        ``wait_replicas=n`` returns only once ``n`` replicas have the trade
+        (``WAIT``): a failover of the stream's master cannot lose it. Fewer in
+        time raise :class:`~tradecache.errors.NotReplicated` with the trade
+        appended on the master (``reply``: its entry id); pushing it again
+        would append it twice.
 
         Example::
 
@@ -103,6 +112,16 @@ class TradesCache:
         """
         item = _trade(trade, exchange, required=True)
         assert item.exchange is not None
+        if check_replicas(wait_replicas):
+            # The index of exchanges lives in another slot: written first, on its own.
+            await self.client.sadd(self.keys.trade_exchanges(), item.exchange)
+            stream = self.keys.trades(item.exchange, item.symbol)
+            entry = await run_replicated(
+                self.client, stream, _PUSH, [stream, self.keys.trade_symbols(item.exchange)],
+                [self.settings.stream_maxlen, item.symbol, self.codec.encode(item)],
+                replicas=wait_replicas, timeout=self.settings.wait_replicas_timeout,
+            )  # fmt: skip
+            return decode_id(entry)
         batch = ScriptBatch(self.client)
         self._queue_public(batch, item.exchange, item.symbol, [self.codec.encode(item)])
         return decode_id((await batch.execute())[0])

@@ -1,0 +1,163 @@
+"""Writes confirmed by replicas: a script plus ``WAIT`` on the same connection.
+
+Redis replicates asynchronously: a write the master acknowledged can vanish
+when that master dies and a replica that had not received it yet is
+promoted. ``WAIT numreplicas timeout`` blocks until ``numreplicas``
+replicas acknowledged every write *of the calling connection*, so it must
+follow the write on the very connection that sent it. :func:`run_replicated`
+does that: it sends the script and ``WAIT`` back to back on one connection
+(on a Cluster, a connection to the node that owns the key), one round trip::
+
+    reply = await run_replicated(client, key, ACQUIRE, keys, args, replicas=1, timeout=0.5)
+
+When fewer replicas acknowledge within ``timeout`` it raises
+:class:`~tradecache.errors.NotReplicated`: the write *did* happen on the
+master (it may still reach the replicas, or be lost in a failover). Callers
+decide what that means: a lock or a claim releases the grant and raises, an
+order submit raises (a retry is idempotent and waits again).
+
+``WAIT`` makes a write survive the failover of its master as long as one of
+the acknowledging replicas is promoted (Redis Cluster and Sentinel promote
+the most up-to-date replica); it is not a consensus protocol (see the
+``failover`` guide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    NoScriptError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
+
+from .errors import ConnectionLost, NotReplicated, ValidationError, redis_errors
+from .scripts import Arg, Script
+
+__all__ = ["check_replicas", "refresh_routing", "run_replicated"]
+
+_MAX_REPLICAS = 16
+
+
+def check_replicas(value: object, name: str = "wait_replicas") -> int:
+    """Validate a ``wait_replicas`` argument: an int in ``0..16``.
+
+    >>> check_replicas(1)
+    1
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_REPLICAS:
+        raise ValidationError(name, f"must be an integer from 0 to {_MAX_REPLICAS}")
+    return value
+
+
+async def refresh_routing(client: Any, key: str) -> None:
+    """After a failure on a node connection of our own: let a Cluster client re-read its slots.
+
+    redis-py refreshes a Cluster's slot table only when one of *its* commands
+    fails; dedicated connections (lock renewals, ``WAIT`` writes) would keep
+    going to a dead master. A cheap keyed read through the client marks the
+    table stale and, with its retry, reloads it. A no-op on other clients.
+
+    Example: ``await refresh_routing(cache.client, key)``
+    """
+    if isinstance(client, RedisCluster):
+        with contextlib.suppress(RedisError, OSError):
+            await client.execute_command("PTTL", key)
+
+
+async def _exchange(
+    connection: Any, commands: list[tuple[Arg, ...]], wait_read: float
+) -> list[Any]:
+    """Send ``commands`` in one write and read every reply (error replies as values)."""
+    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies: list[Any] = []
+    for index in range(len(commands)):
+        last = index == len(commands) - 1
+        try:
+            replies.append(await connection.read_response(timeout=wait_read if last else None))
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def _release(pool: Any, connection: Any) -> None:
+    if isinstance(pool, ClusterNode):
+        pool.release(connection)
+    else:
+        await pool.release(connection)
+
+
+@redis_errors
+async def run_replicated(
+    client: Any,
+    key: str,
+    script: Script,
+    keys: Sequence[str],
+    args: Sequence[Arg],
+    *,
+    replicas: int,
+    timeout: float,  # noqa: ASYNC109 - WAIT's own timeout, sent to the server
+) -> Any:
+    """Run ``script`` on ``key``'s master, then ``WAIT replicas timeout`` on that connection.
+
+    Returns the script's reply once at least ``replicas`` replicas have it.
+    Raises :class:`~tradecache.errors.NotReplicated` (``acked``, ``wanted``,
+    ``reply``) when fewer acknowledged within ``timeout`` seconds, and
+    :class:`~tradecache.errors.ConnectionLost` when the node is unreachable
+    (or the slot just moved: retry, as during any failover).
+
+    Example::
+
+        reply = await run_replicated(cache.client, key, SUBMIT, [queue, marker], args,
+                                     replicas=1, timeout=0.5)
+    """
+    timeout_ms = max(1, math.ceil(timeout * 1000))
+    if isinstance(client, RedisCluster):
+        pool: Any
+        try:
+            pool = client.get_node_from_key(key)
+        except SlotNotCoveredError:  # no slot table yet (or a stale one): load it
+            await client.initialize()
+            pool = client.get_node_from_key(key)  # still uncovered: ConnectionLost
+        connection = pool.acquire_connection()
+    else:
+        pool = client.connection_pool
+        connection = await pool.get_connection()
+    read_timeout = timeout + (connection.socket_timeout or 1.0)
+    wait = ("WAIT", replicas, timeout_ms)
+    try:
+        reply, acked = await _exchange(
+            connection, [("EVALSHA", script.sha, len(keys), *keys, *args), wait], read_timeout
+        )
+        if isinstance(reply, NoScriptError):
+            # A server that lost its script cache (restart, failover): it did not run.
+            reply, acked = await _exchange(
+                connection, [("EVAL", script.source, len(keys), *keys, *args), wait], read_timeout
+            )
+    except BaseException as exc:
+        # Cancelled or failed mid-exchange: a late reply must not reach the next user.
+        await connection.disconnect(nowait=True)
+        await _release(pool, connection)
+        if not isinstance(exc, asyncio.CancelledError):
+            await refresh_routing(client, key)  # the node may be gone (a failover)
+        raise
+    await _release(pool, connection)
+    if isinstance(reply, ResponseError):
+        if isinstance(reply, MovedError | AskError):
+            await refresh_routing(client, key)
+            raise ConnectionLost(f"slot of {key!r} moved (failover?): {reply}")
+        raise reply
+    if isinstance(acked, ResponseError):
+        raise acked
+    if acked < replicas:
+        raise NotReplicated(acked, replicas, reply)
+    return reply
