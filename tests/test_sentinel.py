@@ -95,6 +95,12 @@ async def test_every_store_and_primitive_through_sentinel(
         await cache.events.publish("fills", {"order": "o1"})
         assert (await sub.get(timeout=10)).payload == {"order": "o1"}
         await sub.close()
+    # The pool is bounded (pool_size) and a burst waits for a connection.
+    async with Cache.connect(ha.url, namespace=redis_namespace, pool_size=2) as small:
+        pool = small.client.connection_pool
+        assert await asyncio.gather(*(small.tickers.get("binance", "BTC/USDT") for _ in range(20)))
+        assert pool.max_connections == 2
+        assert len(pool._available_connections) + len(pool._in_use_connections) <= 2
 
 
 def _subscribed(cache: Cache) -> Awaitable[bool]:
@@ -216,3 +222,160 @@ def binary() -> RedisBinary:
     from tradecache.server import find_redis_server
 
     return find_redis_server()
+
+
+# --- failover under load --------------------------------------------------------------------------
+
+
+class _Load:
+    """Ticker writes, an order queue (submit, consume, ack), claims and a ticker watcher.
+
+    Each loop counts its successes and the ``ConnectionLost`` it met; anything
+    else ends the test. No call may take longer than ``CALL_LIMIT`` seconds.
+    """
+
+    CALL_LIMIT = 5.0
+
+    def __init__(self, cache: Cache) -> None:
+        self.cache = cache
+        self.stop = asyncio.Event()
+        self.ok: dict[str, int] = {"tickers": 0, "submit": 0, "consume": 0, "claims": 0}
+        self.lost: dict[str, int] = dict.fromkeys(self.ok, 0)
+        self.submitted: list[str] = []
+        self.acked: list[str] = []
+        self.last_ticker = 0.0
+        self.watched = 0.0
+        self.slowest = 0.0
+
+    async def _call(
+        self, loop: str, operation: Callable[[], Awaitable[Any]], *, count: bool = True
+    ) -> Any:
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.CALL_LIMIT):
+                result = await operation()
+        except ConnectionLost:
+            self.lost[loop] += 1
+            await asyncio.sleep(0.02)  # a retry pause, as an application would
+            return None
+        finally:
+            self.slowest = max(self.slowest, time.monotonic() - started)
+        self.ok[loop] += count
+        return result
+
+    async def tickers(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            value = 100.0 + n
+            if await self._call("tickers", lambda v=value: self._set(v)) is not None:
+                self.last_ticker = value
+
+    async def _set(self, value: float) -> bool:
+        await self.cache.tickers.set(ticker(last=value), exchange="binance")
+        return True
+
+    async def submit(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            order_id = f"o{n}"
+
+            async def one(order_id: str = order_id) -> str:
+                return await self.cache.orders.submit(ccxt_order(order_id), exchange="binance")
+
+            if await self._call("submit", one) is not None:
+                self.submitted.append(order_id)
+
+    async def consume(self) -> None:
+        while not self.stop.is_set():
+            await self._call("consume", self._drain, count=False)
+
+    async def _drain(self) -> bool:
+        async for delivery in self.cache.orders.consume("executors", "ex-1", block=0.2):
+            if await delivery.ack():
+                self.acked.append(delivery.id)
+                self.ok["consume"] += 1
+            if self.stop.is_set():
+                break
+        return True
+
+    async def claims(self) -> None:
+        n = 0
+        while not self.stop.is_set():
+            n += 1
+            symbol = f"C{n}/USDT"  # a fresh symbol: a claim lost in the failover never blocks
+
+            async def one(symbol: str = symbol) -> bool:
+                async with self.cache.bots.claim("binance", symbol, "bot-1", ttl=2) as claim:
+                    return claim.held
+
+            await self._call("claims", one)
+
+    async def watch(self) -> None:
+        async for item in self.cache.tickers.watch("binance", ["BTC/USDT"]):
+            self.watched = max(self.watched, item.last)
+
+
+def _replica_has_every_write(ha: RedisSentinelServer) -> Callable[[], bool]:
+    """A predicate: the replica's offset reached the master's offset of *now*."""
+    master, replica = ha.master, ha.replicas[0]
+    target = master.client().info("replication")["master_repl_offset"]
+
+    def check() -> bool:
+        info = replica.client().info("replication")
+        return bool(info["master_link_status"] == "up" and info["slave_repl_offset"] >= target)
+
+    return check
+
+
+@pytest.mark.slow
+async def test_sigkill_of_the_master_under_load(
+    redis_sentinel_factory: SentinelFactory, redis_namespace: str
+) -> None:
+    ha = redis_sentinel_factory()
+    old = ha.master
+    async with Cache.connect(ha.url, namespace=redis_namespace) as cache:
+        load = _Load(cache)
+        loops = [load.tickers(), load.submit(), load.consume(), load.claims()]
+        tasks = [asyncio.ensure_future(loop) for loop in loops]
+        watcher = asyncio.ensure_future(load.watch())
+        try:
+            await wait_until(
+                lambda: min(load.ok.values()) >= 20 and load.watched > 0,
+                timeout=30,
+                message=f"every loop made progress: {load.ok} {load.lost} {load.watched}",
+            )
+            acked = list(load.acked)
+            await wait_until(_replica_has_every_write(ha), timeout=10, message="replicated")
+            sub = await cache.events.subscribe("after", backfill=False)
+            killed = ha.kill_master()
+            await ha.wait_ready_async()
+            assert ha.master is not old and killed is old
+            # After the promotion: every loop works again on the same Cache.
+            after = dict(load.ok)
+            await wait_until(
+                lambda: all(load.ok[name] >= after[name] + 20 for name in after),
+                timeout=30,
+                message=f"every loop resumed: {load.ok} {load.lost}",
+            )
+            written = load.last_ticker
+            await wait_until(lambda: load.watched >= written, timeout=10, message="watch resumed")
+            await cache.events.publish("after", "failover")
+            assert (await sub.get(timeout=10)).payload == "failover"
+            await sub.close()
+        finally:
+            load.stop.set()
+            await asyncio.gather(*tasks)
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+        assert load.slowest < _Load.CALL_LIMIT
+        assert load.lost["tickers"] > 0  # the writes did go through the outage
+        # Acked orders the replica had are still in the stream and still acked.
+        assert acked
+        queue = cache.keys.order_queue()
+        stream = {entry.decode() for entry, _ in await cache.client.xrange(queue)}
+        pending = await cache.client.xpending_range(queue, "executors", "-", "+", 100_000)
+        assert set(acked) <= stream
+        assert set(acked).isdisjoint(item["message_id"].decode() for item in pending)
+        assert (await cache.tickers.get("binance", "BTC/USDT")).last >= written

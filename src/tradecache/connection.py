@@ -11,11 +11,17 @@ One function, :func:`create_client`, understands every deployment::
     client = create_client("redis://10.0.0.1:7000", cluster=True)  # same
     client = create_client("redis+sentinel://s1:26379,s2:26379/mymaster/0")  # Sentinel
 
-Standalone clients use a ``BlockingConnectionPool`` (a burst of concurrent
-calls waits for a connection instead of failing). The retry policy is explicit
+Standalone and Sentinel clients use a blocking pool of ``pool_size``
+connections (a burst of concurrent calls waits up to ``pool_timeout`` for a
+connection instead of failing). The retry policy is explicit
 and small: by default one retry after 10 ms, with a 0.5 s connect timeout and
 a 1 s read timeout, so a dead server costs well under a second per call and
 surfaces as :class:`~tradecache.errors.ConnectionLost`, never as a hang.
+
+Sentinel: the sentinels are asked for the master's address whenever a
+connection is opened (redis-py's ``SentinelConnectionPool``), so after a
+failover the next call reaches the promoted replica on the same client; while
+no master is known, calls raise ``ConnectionLost`` within the same budget.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -158,6 +164,14 @@ def _cluster_client(url: str, settings: Settings) -> RedisCluster:
     return RedisCluster.from_url(url, max_connections=settings.cluster_pool_size, **kwargs)
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel pool that waits for a free connection, as the standalone pool does.
+
+    redis-py's own ``SentinelConnectionPool`` has no upper bound (or fails at
+    the bound): this one keeps ``pool_size`` and ``pool_timeout`` meaningful.
+    """
+
+
 def _sentinel_client(url: str, settings: Settings) -> Redis:
     address = parse_sentinel_url(url)
     service = address.service or settings.sentinel_service
@@ -180,7 +194,13 @@ def _sentinel_client(url: str, settings: Settings) -> Redis:
     sentinel = Sentinel(  # type: ignore[no-untyped-call]
         address.sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs
     )
-    client: Redis = sentinel.master_for(service, db=address.db)
+    client: Redis = sentinel.master_for(
+        service,
+        connection_pool_class=_BlockingSentinelPool,
+        db=address.db,
+        max_connections=settings.pool_size,
+        timeout=settings.pool_timeout,
+    )
     return client
 
 

@@ -1122,13 +1122,13 @@ class RedisSentinelServer:
             info = _replication(self._client(node))
             if info.get("master_port") != port or info.get("master_link_status") != "up":
                 return False
+        # Every sentinel must see every live replica up, or it could not promote it.
         healthy = {node.port for node in followers}
-        for node in watchers:
-            known = _execute(self._client(node), "SENTINEL SLAVES", self.service)
-            seen = {int(item["port"]) for item in known if not item["is_sdown"]}
-            if not healthy <= seen:
-                return False
-        return True
+        return all(healthy <= self._replicas_seen(node) for node in watchers)
+
+    def _replicas_seen(self, sentinel: RedisServer) -> set[int]:
+        known = _execute(self._client(sentinel), "SENTINEL SLAVES", self.service)
+        return {int(item["port"]) for item in known if not item["is_sdown"]}
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the running sentinels agree on a running master, see each other and
