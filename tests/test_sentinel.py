@@ -15,7 +15,7 @@ import pytest
 from helpers.order_flow import ccxt_order, ccxt_trade
 from tradecache import Cache, ConnectionLost
 from tradecache.connection import parse_sentinel_url
-from tradecache.server import RedisBinary, RedisSentinelServer, RedisServerError
+from tradecache.server import RedisBinary, RedisSentinelServer, RedisServer, RedisServerError
 from tradecache.testing import wait_until
 
 SentinelFactory = Callable[..., RedisSentinelServer]
@@ -26,6 +26,12 @@ def ticker(symbol: str = "BTC/USDT", last: float = 100.0) -> dict[str, Any]:
 
 
 BALANCE = {"BTC": {"free": 0.5, "used": 0.25, "total": 0.75}}
+
+
+def _run(node: RedisServer, *command: Any) -> Any:
+    """One command on one node, on a connection closed right after."""
+    with node.client() as client:
+        return client.execute_command(*command)
 
 
 # --- every store and primitive ------------------------------------------------------------------
@@ -174,15 +180,15 @@ async def test_async_context_manager_and_quorum(binary: RedisBinary) -> None:
 def test_restart_stop_and_rejoin(binary: RedisBinary) -> None:
     with RedisSentinelServer(binary, appendonly=True) as ha:
         first = ha.master
-        first.client().set("k", "v")
+        _run(first, "SET", "k", "v")
         # a restart in place, faster than a failover: the AOF keeps the data
         assert ha.restart_master() is first
         ha.wait_ready()
-        assert ha.master is first and first.client().get("k") == "v"
+        assert ha.master is first and _run(first, "GET", "k") == "v"
         # a master that follows someone is not ready; neither is an unanswering sentinel
-        first.client().replicaof("127.0.0.1", ha.servers[1].port)
+        _run(first, "REPLICAOF", "127.0.0.1", ha.servers[1].port)
         assert not ha._ready()
-        first.client().replicaof("no", "one")
+        _run(first, "REPLICAOF", "NO", "ONE")
         ha.sentinels[0].pause()
         assert not ha._ready()
         assert ha.master_address() == ("127.0.0.1", first.port)  # from the next sentinel
@@ -193,7 +199,7 @@ def test_restart_stop_and_rejoin(binary: RedisBinary) -> None:
         stopped = ha.stop_master()
         assert stopped is first and not ha._ready()
         ha.wait_ready()
-        assert ha.master is ha.servers[1] and ha.master.client().get("k") == "v"
+        assert ha.master is ha.servers[1] and _run(ha.master, "GET", "k") == "v"
         # the old master comes back as a master and is not ready until it follows
         stopped.restart()
         assert not ha._ready()
@@ -291,16 +297,19 @@ class _Load:
 
     async def consume(self) -> None:
         while not self.stop.is_set():
-            await self._call("consume", self._drain, count=False)
-
-    async def _drain(self) -> bool:
-        async for delivery in self.cache.orders.consume("executors", "ex-1", block=0.2):
-            if await delivery.ack():
-                self.acked.append(delivery.id)
-                self.ok["consume"] += 1
-            if self.stop.is_set():
-                break
-        return True
+            deliveries = self.cache.orders.consume("executors", "ex-1", block=0.2)
+            try:
+                while not self.stop.is_set():
+                    # Each step has its own time limit: the iteration itself may last.
+                    delivery = await self._call("consume", deliveries.__anext__, count=False)
+                    if delivery is None:  # ConnectionLost: the iteration is over
+                        break
+                    if await self._call("consume", delivery.ack):
+                        self.acked.append(delivery.id)
+            except StopAsyncIteration:
+                pass
+            finally:
+                await deliveries.aclose()
 
     async def claims(self) -> None:
         n = 0
@@ -322,10 +331,10 @@ class _Load:
 def _replica_has_every_write(ha: RedisSentinelServer) -> Callable[[], bool]:
     """A predicate: the replica's offset reached the master's offset of *now*."""
     master, replica = ha.master, ha.replicas[0]
-    target = master.client().info("replication")["master_repl_offset"]
+    target = _run(master, "INFO", "replication")["master_repl_offset"]
 
     def check() -> bool:
-        info = replica.client().info("replication")
+        info = _run(replica, "INFO", "replication")
         return bool(info["master_link_status"] == "up" and info["slave_repl_offset"] >= target)
 
     return check

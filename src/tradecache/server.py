@@ -1054,6 +1054,8 @@ class RedisSentinelServer:
         With ``wait=False`` it returns once every process answers ``PING``
         (tens of ms); call :meth:`wait_ready` (or :meth:`wait_ready_async`)
         before failing anything over.
+
+        Example: ``ha = RedisSentinelServer().start()``, later ``ha.stop()``.
         """
         try:
             for node in self.servers:
@@ -1136,6 +1138,8 @@ class RedisSentinelServer:
 
         After :meth:`kill_master` that is the end of the failover; after a
         ``restart()`` of the old master, the moment it is a replica again.
+
+        Example: ``ha.kill_master(); ha.wait_ready(timeout=30)``
         """
         _wait(
             self._ready,
@@ -1160,13 +1164,18 @@ class RedisSentinelServer:
         election (a few seconds in all; :meth:`wait_ready` waits for it).
         Without ``appendonly`` a restarted node is empty: restart it only
         after the failover, so that it comes back as a replica and resyncs.
+
+        Example: ``old = ha.kill_master(); ha.wait_ready(); old.restart(); ha.wait_ready()``
         """
         node = self.master
         node.kill()
         return node
 
     def stop_master(self, timeout: float = 10.0) -> RedisServer:
-        """Shut the current master down (SIGTERM) and return it; it may ``.restart()`` later."""
+        """Shut the current master down (SIGTERM) and return it; it may ``.restart()`` later.
+
+        The sentinels fail over as after :meth:`kill_master`. Example: ``ha.stop_master()``
+        """
         node = self.master
         node._terminate(timeout)
         return node
@@ -1176,6 +1185,8 @@ class RedisSentinelServer:
 
         Clients reconnect to the same address. Only with ``appendonly=True``
         does the data survive (else the master and its replicas come back empty).
+
+        Example: ``RedisSentinelServer(appendonly=True).start().restart_master()``
         """
         return self.master.restart(timeout)
 
