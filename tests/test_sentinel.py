@@ -5,9 +5,13 @@ topology harness (``RedisSentinelServer``, ``redis_sentinel_factory``) and a fai
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,8 +19,15 @@ import pytest
 from helpers.order_flow import ccxt_order, ccxt_trade
 from tradecache import Cache, ConnectionLost
 from tradecache.connection import parse_sentinel_url
-from tradecache.server import RedisBinary, RedisSentinelServer, RedisServer, RedisServerError
-from tradecache.testing import wait_until
+from tradecache.server import (
+    RedisBinary,
+    RedisSentinelServer,
+    RedisServer,
+    RedisServerError,
+    _pid_alive,
+    reap_stale,
+)
+from tradecache.testing import wait_until, wait_until_sync
 
 SentinelFactory = Callable[..., RedisSentinelServer]
 
@@ -205,6 +216,41 @@ def test_restart_stop_and_rejoin(binary: RedisBinary) -> None:
         assert not ha._ready()
         ha.wait_ready()
         assert ha.replicas == [first]
+
+
+def test_every_process_dies_with_its_owner_and_the_reaper_cleans_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = Path(tempfile.mkdtemp(prefix="tcs", dir="/tmp"))  # short: socket paths
+    monkeypatch.setenv("TRADECACHE_TMPDIR", str(root))
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from tradecache.server import RedisSentinelServer\n"
+            "ha = RedisSentinelServer().start(wait=False)\n"
+            "print(*[n.pid for n in ha.servers + ha.sentinels], flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 5 and all(_pid_alive(pid) for pid in pids)
+        owner.kill()  # SIGKILL: no finalizer runs
+        owner.wait()
+        wait_until_sync(
+            lambda: not any(_pid_alive(pid) for pid in pids),
+            timeout=10,
+            message="every process died with its owner",
+        )
+        assert len(reap_stale(root)) == 5 and not list(root.iterdir())
+    finally:
+        owner.kill()
+        owner.wait()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_factory_skips_without_a_binary(

@@ -643,7 +643,7 @@ async def test_resumes_after_failover(redis_sentinel_factory):
         with pytest.raises(ConnectionLost):    # until the replica is promoted
             await cache.tickers.get("x", "BTC/USDT")
         await ha.wait_ready_async()            # promoted, and every sentinel agrees
-        assert await cache.tickers.get("x", "BTC/USDT") is not None   # same Cache
+        await cache.tickers.set({"symbol": "BTC/USDT", "last": 2.0}, exchange="x")  # same Cache
         old.restart()                          # comes back; the sentinels make it a replica
         await ha.wait_ready_async()            # (up to ~10 s: their INFO period)
 ```
@@ -702,7 +702,8 @@ working while sentinels are down; only a new connection then fails, with
 
 What a failover looks like from your code:
 
-1. The master dies. Calls in flight and every call after them raise
+1. The master dies. Calls in flight (a write in flight may or may not have
+   been applied) and every call after them raise
    `ConnectionLost` within the latency budget: the dead master refuses
    connections, and the sentinels name it until they agree it is down
    (`down-after-milliseconds`), then name no master until one is promoted.
@@ -711,9 +712,8 @@ What a failover looks like from your code:
 3. The next call asks the sentinels again and reaches the new master: the
    same `Cache` carries on, with no reconnect code of yours. Subscriptions
    (`tickers.watch`, `events.subscribe`) reconnect by themselves and re-read
-   what they missed. A connection to an old master
-   that was demoted answers `READONLY`; redis-py then drops it and asks the
-   sentinels again.
+   what they missed. A connection to an old master that was demoted answers
+   `READONLY`; redis-py then drops it and asks the sentinels again.
 
 In a test (SIGKILL of the master under ticker writes, an order queue and
 claims) every loop saw about 40 `ConnectionLost` in 2-3 s, no call took
