@@ -112,6 +112,12 @@ async def test_every_store_and_primitive_through_sentinel(
         await cache.events.publish("fills", {"order": "o1"})
         assert (await sub.get(timeout=10)).payload == {"order": "o1"}
         await sub.close()
+    sentinels = cache.client.connection_pool.sentinel_manager.sentinels
+    assert not any(  # closing the cache closed its connections to the sentinels too
+        connection.is_connected
+        for node in sentinels
+        for connection in node.connection_pool._available_connections
+    )
     # The pool is bounded (pool_size) and a burst waits for a connection.
     async with Cache.connect(ha.url, namespace=redis_namespace, pool_size=2) as small:
         pool = small.client.connection_pool
@@ -135,6 +141,24 @@ async def test_connection_lost_within_budget_when_every_sentinel_is_down(
     redis_sentinel_factory: SentinelFactory, redis_namespace: str
 ) -> None:
     ha = redis_sentinel_factory()
+    with pytest.raises(ConnectionLost, match="no sentinel names a master for 'nope'"):
+        await Cache.connect(ha.url.replace("/tradecache", "/nope"))
+    # The sentinels are asked at once: a frozen one costs a new connection nothing
+    # (one after the other, it would cost its whole timeout, 0.5 s) ...
+    ha.sentinels[0].pause()
+    started = time.monotonic()
+    async with Cache.connect(ha.url, namespace=redis_namespace) as other:
+        assert await other.ping() > 0
+    assert time.monotonic() - started < 0.5
+    # ... and all of them frozen cost one timeout per attempt, not one per sentinel.
+    for node in ha.sentinels[1:]:
+        node.pause()
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        await Cache.connect(ha.url, namespace=redis_namespace)
+    assert time.monotonic() - started < 2.0  # 2 attempts x 0.5 s; one by one: 3 s
+    for node in ha.sentinels:
+        node.resume()
     async with Cache.connect(ha.url, namespace=redis_namespace) as cache:
         await cache.tickers.set(ticker(), exchange="binance")
         for node in ha.sentinels:
@@ -196,10 +220,7 @@ def test_restart_stop_and_rejoin(binary: RedisBinary) -> None:
         assert ha.restart_master() is first
         ha.wait_ready()
         assert ha.master is first and _run(first, "GET", "k") == "v"
-        # a master that follows someone is not ready; neither is an unanswering sentinel
-        _run(first, "REPLICAOF", "127.0.0.1", ha.servers[1].port)
-        assert not ha._ready()
-        _run(first, "REPLICAOF", "NO", "ONE")
+        # an unanswering sentinel: not ready, and another one names the master
         ha.sentinels[0].pause()
         assert not ha._ready()
         assert ha.master_address() == ("127.0.0.1", first.port)  # from the next sentinel

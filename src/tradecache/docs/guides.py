@@ -690,15 +690,19 @@ list every sentinel (the port defaults to 26379); `<service>` is the name of
 the `sentinel monitor` line (`sentinel_service=` / `TRADECACHE_SENTINEL_SERVICE`
 when the URL has none). The URL's credentials (or `username=`, `password=`)
 are the data nodes'; `sentinel_password=` is for sentinels that require their
-own. `connect_timeout`, `socket_timeout` and the retry policy apply to the
-sentinels as well. `cache.mode` is `"sentinel"`. Every store and primitive
-works as on a single server: it *is* a single server, found through the
-sentinels.
+own. `cache.mode` is `"sentinel"`. Every store and primitive works as on a
+single server: it *is* a single server, found through the sentinels. The
+pool holds up to `pool_size` connections, as for a single server.
 
 The sentinels are asked where the master is each time a connection is
-opened. Open connections talk to the master directly, so the cache keeps
-working while sentinels are down; only a new connection then fails, with
-`ConnectionLost`, as fast as the sentinels refuse (nothing hangs).
+opened, all at once: the first valid answer wins, so a frozen or unreachable
+sentinel costs nothing while another one answers. A sentinel query waits at
+most `connect_timeout` (0.5 s) and is not retried by itself; the whole lookup
+is retried `retry_attempts` times. With every sentinel down a new connection
+fails with `ConnectionLost` after about `connect_timeout` per attempt (1 s
+with the defaults), at once if they refuse connections. Open connections
+talk to the master directly, so the cache keeps working while the sentinels
+are down.
 
 What a failover looks like from your code:
 
