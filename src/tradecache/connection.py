@@ -18,10 +18,11 @@ and small: by default one retry after 10 ms, with a 0.5 s connect timeout and
 a 1 s read timeout, so a dead server costs well under a second per call and
 surfaces as :class:`~tradecache.errors.ConnectionLost`, never as a hang.
 
-Sentinel: the sentinels are asked for the master's address whenever a
-connection is opened (redis-py's ``SentinelConnectionPool``), so after a
-failover the next call reaches the promoted replica on the same client; while
-no master is known, calls raise ``ConnectionLost`` within the same budget.
+Sentinel: the sentinels are asked for the master's address, all at once,
+whenever a connection is opened (redis-py's ``SentinelConnectionPool``), so
+after a failover the next call reaches the promoted replica on the same
+client; while no master is known, calls raise ``ConnectionLost`` within the
+same budget (a sentinel query waits at most ``connect_timeout``).
 """
 
 from __future__ import annotations
