@@ -213,7 +213,8 @@ async def test_async_context_manager_and_quorum(binary: RedisBinary) -> None:
 
 @pytest.mark.slow
 def test_restart_stop_and_rejoin(binary: RedisBinary) -> None:
-    with RedisSentinelServer(binary, appendonly=True) as ha:
+    # down_after 3 s: a restart in place, slow on a loaded machine, is no failover
+    with RedisSentinelServer(binary, appendonly=True, down_after=3000) as ha:
         first = ha.master
         _run(first, "SET", "k", "v")
         # a restart in place, faster than a failover: the AOF keeps the data

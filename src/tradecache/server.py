@@ -925,6 +925,11 @@ class _SentinelNode(RedisServer):
         return [command[0], str(path), "--sentinel", *command[1:]]
 
 
+def _flags(state: dict[str, Any]) -> set[str]:
+    """The flags of a ``SENTINEL MASTER`` or ``SLAVES`` entry: ``{"master"}``, ``{"slave"}``..."""
+    return set(str(state["flags"]).split(","))
+
+
 def _replication(client: redis.Redis) -> dict[str, Any]:
     info: dict[str, Any] = client.info("replication")
     return info
@@ -1113,10 +1118,11 @@ class RedisSentinelServer:
         master = next((node for node in self.servers if node.port == port and node.running), None)
         if master is None or _replication(self._client(master))["role"] != "master":
             return False
+        # Flags "master" alone: not down, and no failover in progress (a master that
+        # came back in time may still be replaced by a failover that had started).
         peers = len(self.sentinels) - 1
         if any(
-            state["is_sdown"] or state["is_odown"] or state["num-other-sentinels"] < peers
-            for state in states
+            _flags(state) != {"master"} or state["num-other-sentinels"] < peers for state in states
         ):
             return False
         followers = [node for node in self.servers if node is not master and node.running]
@@ -1130,7 +1136,7 @@ class RedisSentinelServer:
 
     def _replicas_seen(self, sentinel: RedisServer) -> set[int]:
         known = _execute(self._client(sentinel), "SENTINEL SLAVES", self.service)
-        return {int(item["port"]) for item in known if not item["is_sdown"]}
+        return {int(item["port"]) for item in known if _flags(item) == {"slave"}}
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Block until the running sentinels agree on a running master, see each other and
