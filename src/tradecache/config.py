@@ -90,7 +90,9 @@ class Settings(BaseSettings):
     sentinel_service: str | None = Field(
         default=None, description="master name, when the URL does not carry one"
     )
-    sentinel_password: SecretStr | None = None
+    sentinel_password: SecretStr | None = Field(
+        default=None, description="password of the sentinels themselves (not of the data nodes)"
+    )
 
     # --- latency budget ------------------------------------------------------------------
     connect_timeout: float = Field(default=0.5, description="TCP/unix connect timeout")

@@ -11,15 +11,23 @@ One function, :func:`create_client`, understands every deployment::
     client = create_client("redis://10.0.0.1:7000", cluster=True)  # same
     client = create_client("redis+sentinel://s1:26379,s2:26379/mymaster/0")  # Sentinel
 
-Standalone clients use a ``BlockingConnectionPool`` (a burst of concurrent
-calls waits for a connection instead of failing). The retry policy is explicit
+Standalone and Sentinel clients use a blocking pool of ``pool_size``
+connections (a burst of concurrent calls waits up to ``pool_timeout`` for a
+connection instead of failing). The retry policy is explicit
 and small: by default one retry after 10 ms, with a 0.5 s connect timeout and
 a 1 s read timeout, so a dead server costs well under a second per call and
 surfaces as :class:`~tradecache.errors.ConnectionLost`, never as a hang.
+
+Sentinel: the sentinels are asked for the master's address, all at once,
+whenever a connection is opened (redis-py's ``SentinelConnectionPool``), so
+after a failover the next call reaches the promoted replica on the same
+client; while no master is known, calls raise ``ConnectionLost`` within the
+same budget (a sentinel query waits at most ``connect_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -28,7 +36,7 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -158,6 +166,56 @@ def _cluster_client(url: str, settings: Settings) -> RedisCluster:
     return RedisCluster.from_url(url, max_connections=settings.cluster_pool_size, **kwargs)
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel pool that waits for a free connection, as the standalone pool does.
+
+    redis-py's own ``SentinelConnectionPool`` has no upper bound (or fails at
+    the bound): this one keeps ``pool_size`` and ``pool_timeout`` meaningful.
+    Closing the client closes the connections to the sentinels as well.
+    """
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # the client closes (a new master only drops idle ones)
+            for node in self.sentinel_manager.sentinels:
+                await node.connection_pool.disconnect()
+
+
+class _Sentinel(Sentinel):
+    """redis-py's ``Sentinel``, asking every sentinel at once where the master is.
+
+    redis-py asks one sentinel after the other, so each frozen or unreachable
+    sentinel costs a whole timeout before the next one is asked. Here the
+    first valid answer wins: all sentinels down cost one timeout, not one each.
+    """
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        queries = [asyncio.ensure_future(node.sentinel_masters()) for node in self.sentinels]
+        errors: list[str] = []
+        try:
+            for reply in asyncio.as_completed(queries):
+                try:
+                    masters: dict[str, Any] = await reply  # type: ignore[assignment]
+                except (RedisConnectionError, RedisTimeoutError) as exc:
+                    errors.append(repr(exc))
+                    continue
+                state = masters.get(service_name)
+                if state and self.check_master_state(state, service_name):
+                    return state["ip"], state["port"]
+        finally:
+            for query in queries:
+                # Cancelled, not awaited: a query that misses the cancellation still
+                # ends within its timeout; its outcome is read, never raised.
+                query.cancel()
+                query.add_done_callback(_consume_outcome)
+        raise MasterNotFoundError(f"no sentinel names a master for {service_name!r}: {errors}")
+
+
+def _consume_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _sentinel_client(url: str, settings: Settings) -> Redis:
     address = parse_sentinel_url(url)
     service = address.service or settings.sentinel_service
@@ -168,19 +226,27 @@ def _sentinel_client(url: str, settings: Settings) -> Redis:
         kwargs["password"] = address.password
     if address.username is not None and settings.username is None:
         kwargs["username"] = address.username
-    # The sentinels' own clients get the same small retry policy: redis-py's
-    # default (3 retries, up to 10 s backoff) would turn a dead sentinel into seconds.
+    # A sentinel query is tiny: it gets connect_timeout as its read timeout too,
+    # and no retry of its own (an unanswered query moves on to the next sentinel,
+    # and the master's client retries the whole discovery), so that frozen or
+    # unreachable sentinels cost a bounded time per connection, not seconds each.
     sentinel_kwargs: dict[str, Any] = {
         "socket_connect_timeout": settings.connect_timeout,
-        "socket_timeout": settings.socket_timeout,
-        "retry": _retry(settings),
+        "socket_timeout": min(settings.connect_timeout, settings.socket_timeout),
+        "retry": Retry(NoBackoff(), 0),
     }
     if settings.sentinel_password is not None:
         sentinel_kwargs["password"] = settings.sentinel_password.get_secret_value()
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = _Sentinel(  # type: ignore[no-untyped-call]
         address.sentinels, sentinel_kwargs=sentinel_kwargs, **kwargs
     )
-    client: Redis = sentinel.master_for(service, db=address.db)
+    client: Redis = sentinel.master_for(
+        service,
+        connection_pool_class=_BlockingSentinelPool,
+        db=address.db,
+        max_connections=settings.pool_size,
+        timeout=settings.pool_timeout,
+    )
     return client
 
 

@@ -19,6 +19,11 @@ through this module::
         print(cluster.url)                # redis+cluster://127.0.0.1:41234
         cluster.masters[0].kill()         # failover tests
 
+    with RedisSentinelServer() as ha:     # 1 master + 1 replica + 3 sentinels
+        print(ha.url)                     # redis+sentinel://127.0.0.1:40001,...:40003/tradecache
+        ha.kill_master()                  # the sentinels promote the replica
+        ha.wait_ready()                   # ... and agree on it
+
 Every server runs in a short temporary directory ``/tmp/tradecache-*``
 (``TRADECACHE_TMPDIR`` overrides ``/tmp``) that holds its unix socket, its log
 and the files ``owner.pid`` and ``redis.pid``. On Linux the server is spawned
@@ -29,7 +34,7 @@ and kills a leftover server.
 
 All methods are synchronous and never touch an event loop, so they are safe to
 call from a coroutine: a standalone server starts in a few milliseconds. A
-Cluster needs about two seconds to turn ``ok``; in async code use
+Cluster (or a Sentinel topology) needs about two seconds to turn ``ok``; in async code use
 ``async with RedisClusterServer() as cluster`` (or ``start(wait=False)`` then
 ``await cluster.wait_ready_async()``), which waits without blocking the loop.
 """
@@ -67,6 +72,7 @@ __all__ = [
     "TMP_PREFIX",
     "RedisBinary",
     "RedisClusterServer",
+    "RedisSentinelServer",
     "RedisServer",
     "RedisServerError",
     "RedisServerNotFound",
@@ -868,6 +874,337 @@ class RedisClusterServer:
         for node in self.nodes:
             node._send_term()
         for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        self.start(wait=False)
+        try:
+            await self.wait_ready_async()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _SentinelNode(RedisServer):
+    """A ``redis-server --sentinel``: a :class:`RedisServer` whose command starts with its config.
+
+    Sentinel rewrites its config file (its id, the peers and replicas it
+    learnt, the current master), so the file is written once, into the
+    node's directory, and a :meth:`restart` keeps what it knew.
+    """
+
+    def __init__(self, binary: RedisBinary, config: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(binary, port=0, unix_socket=False, **kwargs)
+        self._config = config
+
+    def _command(self) -> list[str]:
+        path = self.dir / "sentinel.conf"
+        if not path.exists():
+            path.write_text(self._config())
+        command = super()._command()
+        return [command[0], str(path), "--sentinel", *command[1:]]
+
+
+def _flags(state: dict[str, Any]) -> set[str]:
+    """The flags of a ``SENTINEL MASTER`` or ``SLAVES`` entry: ``{"master"}``, ``{"slave"}``..."""
+    return set(str(state["flags"]).split(","))
+
+
+def _replication(client: redis.Redis) -> dict[str, Any]:
+    info: dict[str, Any] = client.info("replication")
+    return info
+
+
+class RedisSentinelServer:
+    """A Sentinel topology: 1 master, ``replicas`` replicas and ``sentinels`` sentinels.
+
+    Every process is a :class:`RedisServer` on a free TCP port (no unix
+    socket), so each one can be killed, paused or restarted on its own. The
+    replicas replicate the first data node; the sentinels monitor it as
+    ``service`` with ``quorum``, ``down_after`` ms (``down-after-milliseconds``)
+    and ``failover_timeout`` ms, small by default so that a failover completes
+    within a few seconds of a master's death. ``appendonly=True`` gives the
+    data nodes an AOF, so :meth:`restart_master` keeps the data.
+
+    ``url`` is ``redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/<service>``,
+    for ``Cache.connect``. Start-up takes about two seconds: the sentinels
+    find one another through hello messages, published every 2 s.
+
+    ``servers`` are the data nodes (``servers[0]`` is the first master);
+    ``master`` and ``replicas`` are whatever the sentinels say *now*.
+
+    Example::
+
+        with RedisSentinelServer() as ha:
+            cache = await Cache.connect(ha.url)
+            old = ha.kill_master()   # SIGKILL: the sentinels promote the replica
+            ha.wait_ready()          # until the sentinels agree on the new master
+            old.restart()            # comes back, and the sentinels make it a replica
+            ha.wait_ready()
+    """
+
+    def __init__(
+        self,
+        binary: RedisBinary | None = None,
+        *,
+        service: str = "tradecache",
+        replicas: int = 1,
+        sentinels: int = 3,
+        quorum: int | None = None,
+        down_after: int = 1000,
+        failover_timeout: int = 3000,
+        appendonly: bool = False,
+        args: Sequence[str] = (),
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if replicas < 0 or sentinels < 1 or not re.fullmatch(r"[A-Za-z0-9_.\-]+", service):
+            raise ValueError(
+                "need replicas >= 0, sentinels >= 1 and a service name of [A-Za-z0-9_.-]"
+            )
+        self.binary = binary or find_redis_server()
+        self.service = service
+        self.quorum = quorum or sentinels // 2 + 1
+        self.down_after = down_after
+        self.failover_timeout = failover_timeout
+        self.startup_timeout = startup_timeout
+        self.servers = [
+            RedisServer(self.binary, port=0, unix_socket=False, appendonly=appendonly, args=args)
+            for _ in range(1 + replicas)
+        ]
+        self.sentinels: list[RedisServer] = [
+            _SentinelNode(self.binary, self._sentinel_config) for _ in range(sentinels)
+        ]
+        self._clients: dict[int, redis.Redis] = {}
+
+    def __repr__(self) -> str:
+        data = [node.port for node in self.servers]
+        watchers = [node.port for node in self.sentinels]
+        return (
+            f"<RedisSentinelServer {self.binary.version_string} service={self.service!r} "
+            f"servers={data} sentinels={watchers}>"
+        )
+
+    @property
+    def version(self) -> Version:
+        """``(major, minor, patch)`` of the binary."""
+        return self.binary.version
+
+    @property
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``[("127.0.0.1", port), ...]`` of every sentinel (running or not)."""
+        return [("127.0.0.1", node.port) for node in self.sentinels if node.port is not None]
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:P1,.../<service>``, for ``Cache.connect``."""
+        hosts = ",".join(f"{host}:{port}" for host, port in self.sentinel_addresses)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def master_address(self) -> tuple[str, int]:
+        """The master's ``(host, port)`` as the first running sentinel that answers names it.
+
+        Raises :class:`RedisServerError` when no sentinel answers.
+
+        Example: ``host, port = ha.master_address()``
+        """
+        for node in self.sentinels:
+            if not node.running:
+                continue
+            try:
+                host, port = _execute(
+                    self._client(node), "SENTINEL GET-MASTER-ADDR-BY-NAME", self.service
+                )
+            except redis.RedisError:
+                continue
+            return str(host), int(port)
+        raise RedisServerError(f"no sentinel of {self} names a master")
+
+    @property
+    def master(self) -> RedisServer:
+        """The data node the sentinels name master (maybe dead: they notice in ``down_after``)."""
+        _, port = self.master_address()
+        return next(node for node in self.servers if node.port == port)
+
+    @property
+    def replicas(self) -> list[RedisServer]:
+        """Every data node but :attr:`master`."""
+        master = self.master
+        return [node for node in self.servers if node is not master]
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, wait: bool = True) -> Self:
+        """Spawn the data nodes, attach the replicas, spawn the sentinels; with ``wait``, wait.
+
+        With ``wait=False`` it returns once every process answers ``PING``
+        (tens of ms); call :meth:`wait_ready` (or :meth:`wait_ready_async`)
+        before failing anything over.
+
+        Example: ``ha = RedisSentinelServer().start()``, later ``ha.stop()``.
+        """
+        try:
+            for node in self.servers:
+                node._launch()
+            for node in self.servers:
+                node._await_accepting()
+            master = self.servers[0]
+            for node in self.servers[1:]:
+                _execute(self._client(node), "REPLICAOF", "127.0.0.1", master.port)
+            for node in self.sentinels:
+                node._launch()
+            for node in self.sentinels:
+                node._await_accepting()
+            if wait:
+                self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _sentinel_config(self) -> str:
+        name, master = self.service, self.servers[0]
+        lines = [
+            f"sentinel monitor {name} 127.0.0.1 {master.port} {self.quorum}",
+            f"sentinel down-after-milliseconds {name} {self.down_after}",
+            f"sentinel failover-timeout {name} {self.failover_timeout}",
+            f"sentinel parallel-syncs {name} 1",
+            # Known at once: no wait for the master's next INFO (every 10 s).
+            *(f"sentinel known-replica {name} 127.0.0.1 {node.port}" for node in self.servers[1:]),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def _client(self, node: RedisServer) -> redis.Redis:
+        client = self._clients.get(id(node))
+        if client is None:
+            client = self._clients[id(node)] = node.client(socket_timeout=1.0)
+        return client
+
+    def _ready(self) -> bool:
+        """One probe: the sentinels agree on a live master that every live replica follows."""
+        try:
+            return self._probe()
+        except redis.RedisError:
+            return False
+
+    def _probe(self) -> bool:
+        watchers = [node for node in self.sentinels if node.running]
+        states = [
+            _execute(self._client(node), "SENTINEL MASTER", self.service) for node in watchers
+        ]
+        addresses = {(state["ip"], int(state["port"])) for state in states}
+        if not states or len(addresses) != 1:
+            return False
+        _, port = addresses.pop()
+        master = next((node for node in self.servers if node.port == port and node.running), None)
+        if master is None or _replication(self._client(master))["role"] != "master":
+            return False
+        # Flags "master" alone: not down, and no failover in progress (a master that
+        # came back in time may still be replaced by a failover that had started).
+        peers = len(self.sentinels) - 1
+        if any(
+            _flags(state) != {"master"} or state["num-other-sentinels"] < peers for state in states
+        ):
+            return False
+        followers = [node for node in self.servers if node is not master and node.running]
+        for node in followers:
+            info = _replication(self._client(node))
+            if info.get("master_port") != port or info.get("master_link_status") != "up":
+                return False
+        # Every sentinel must see every live replica up, or it could not promote it.
+        healthy = {node.port for node in followers}
+        return all(healthy <= self._replicas_seen(node) for node in watchers)
+
+    def _replicas_seen(self, sentinel: RedisServer) -> set[int]:
+        known = _execute(self._client(sentinel), "SENTINEL SLAVES", self.service)
+        return {int(item["port"]) for item in known if _flags(item) == {"slave"}}
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the running sentinels agree on a running master, see each other and
+        every running replica, and every running replica is in sync with that master.
+
+        After :meth:`kill_master` that is the end of the failover; after a
+        ``restart()`` of the old master, the moment it is a replica again.
+
+        Example: ``ha.kill_master(); ha.wait_ready(timeout=30)``
+        """
+        _wait(
+            self._ready,
+            timeout or self.startup_timeout,
+            _CLUSTER_POLL_INTERVAL,
+            f"{self} is ready",
+        )
+
+    async def wait_ready_async(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """:meth:`wait_ready` for coroutines: polls without blocking the event loop for long."""
+        limit = timeout or self.startup_timeout
+        deadline = time.monotonic() + limit
+        while not self._ready():
+            if time.monotonic() >= deadline:
+                raise RedisServerError(f"timed out after {limit:g}s waiting until {self} is ready")
+            await asyncio.sleep(_CLUSTER_POLL_INTERVAL)
+
+    def kill_master(self) -> RedisServer:
+        """SIGKILL the current master and return it; ``.restart()`` brings it back later.
+
+        The sentinels promote a replica after ``down_after`` ms plus an
+        election (a few seconds in all; :meth:`wait_ready` waits for it).
+        Without ``appendonly`` a restarted node is empty: restart it only
+        after the failover, so that it comes back as a replica and resyncs.
+
+        Example: ``old = ha.kill_master(); ha.wait_ready(); old.restart(); ha.wait_ready()``
+        """
+        node = self.master
+        node.kill()
+        return node
+
+    def stop_master(self, timeout: float = 10.0) -> RedisServer:
+        """Shut the current master down (SIGTERM) and return it; it may ``.restart()`` later.
+
+        The sentinels fail over as after :meth:`kill_master`. Example: ``ha.stop_master()``
+        """
+        node = self.master
+        node._terminate(timeout)
+        return node
+
+    def restart_master(self, timeout: float = 10.0) -> RedisServer:
+        """Restart the current master in place (same port), faster than a failover; return it.
+
+        Clients reconnect to the same address. Only with ``appendonly=True``
+        does the data survive (else the master and its replicas come back empty).
+
+        Example: ``RedisSentinelServer(appendonly=True).start().restart_master()``
+        """
+        return self.master.restart(timeout)
+
+    def stop(self) -> None:
+        """Stop every process (in parallel) and remove their directories. Safe to call twice."""
+        for client in self._clients.values():
+            client.close()
+        self._clients = {}
+        nodes = [*self.sentinels, *self.servers]
+        for node in nodes:
+            node._send_term()
+        for node in nodes:
             node.stop()
 
     def __enter__(self) -> Self:

@@ -634,6 +634,10 @@ async def test_two_processes(cache, cache_factory):
 * `redis_url` / `redis_server`: the worker's standalone server (its URL, or the
   `tradecache.server.RedisServer`). Do not pause or kill it: start your own.
 * `redis_cluster`: the run's Cluster (`.url` is `redis+cluster://...`).
+* `redis_sentinel_factory`: `redis_sentinel_factory(**kwargs)` starts a private
+  Sentinel topology (1 master, 1 replica, 3 sentinels; about 2 s) and returns
+  it ready; `.url` is `redis+sentinel://...`. Stopped at teardown, even when
+  the test fails: kill its master at will (see below).
 * `redis_namespace`: the test's unique namespace.
 * `redis_backend`, `redis_endpoint`: the topology of this parametrization.
 * Seed-compatible: `redis_db`, `clean_redis`, `test_isolation_prefix`.
@@ -688,6 +692,31 @@ async def test_outage_raises():
             assert await cache.tickers.get("x", "BTC/USDT") is not None
 ```
 
+`RedisSentinelServer` (or the `redis_sentinel_factory` fixture) runs 1 master,
+1 replica and 3 sentinels, every one a `RedisServer`, with a short
+`down-after-milliseconds` (1 s) so that a failover completes in about 2-3 s:
+
+```python
+from tradecache import Cache, ConnectionLost
+
+
+async def test_resumes_after_failover(redis_sentinel_factory):
+    ha = redis_sentinel_factory()              # ready: the sentinels agree on the master
+    async with Cache.connect(ha.url) as cache:
+        await cache.tickers.set({"symbol": "BTC/USDT", "last": 1.0}, exchange="x")
+        old = ha.kill_master()                 # SIGKILL; stop_master() is graceful
+        with pytest.raises(ConnectionLost):    # until the replica is promoted
+            await cache.tickers.get("x", "BTC/USDT")
+        await ha.wait_ready_async()            # promoted, and every sentinel agrees
+        await cache.tickers.set({"symbol": "BTC/USDT", "last": 2.0}, exchange="x")  # same Cache
+        old.restart()                          # comes back; the sentinels make it a replica
+        await ha.wait_ready_async()            # (up to ~10 s: their INFO period)
+```
+
+`ha.master` and `ha.replicas` are what the sentinels say now;
+`restart_master()` restarts the master in place (data kept with
+`appendonly=True`).
+
 `python -m tradecache.examples.pytest_plugin` runs a small test module with
 the plugin, on servers it starts, or on `URL` with `--redis-url`.
 """
@@ -710,6 +739,66 @@ URL schemes: `redis://`, `rediss://` (TLS: `ssl_ca_certs`, `ssl_certfile`,
 `ssl_keyfile`, `ssl_cert_reqs`), `unix://`, `redis+cluster://` (or
 `cluster=True`), `redis+sentinel://`. A password in the URL is never logged
 (`Settings.redacted_url`, `repr(cache)`).
+
+## Sentinel (high availability)
+
+```python
+cache = await Cache.connect(
+    "redis+sentinel://:secret@s1:26379,s2:26379,s3:26379/mymaster/0", namespace="prod"
+)
+cache = await Cache.connect("redis+sentinel://s1,s2,s3", sentinel_service="mymaster",
+                            sentinel_password="sentinel-secret")
+```
+
+`redis+sentinel://[user:password@]host[:port][,host[:port]...]/<service>[/db]`:
+list every sentinel (the port defaults to 26379); `<service>` is the name of
+the `sentinel monitor` line (`sentinel_service=` / `TRADECACHE_SENTINEL_SERVICE`
+when the URL has none). The URL's credentials (or `username=`, `password=`)
+are the data nodes'; `sentinel_password=` is for sentinels that require their
+own. `cache.mode` is `"sentinel"`. Every store and primitive works as on a
+single server: it *is* a single server, found through the sentinels. The
+pool holds up to `pool_size` connections, as for a single server.
+
+The sentinels are asked where the master is each time a connection is
+opened, all at once: the first valid answer wins, so a frozen or unreachable
+sentinel costs nothing while another one answers. A sentinel query waits at
+most `connect_timeout` (0.5 s) and is not retried by itself; the whole lookup
+is retried `retry_attempts` times. With every sentinel down a new connection
+fails with `ConnectionLost` after about `connect_timeout` per attempt (1 s
+with the defaults), at once if they refuse connections. Open connections
+talk to the master directly, so the cache keeps working while the sentinels
+are down.
+
+What a failover looks like from your code:
+
+1. The master dies. Calls in flight (a write in flight may or may not have
+   been applied) and every call after them raise
+   `ConnectionLost` within the latency budget: the dead master refuses
+   connections, and the sentinels name it until they agree it is down
+   (`down-after-milliseconds`), then name no master until one is promoted.
+2. The sentinels promote the replica: `down-after-milliseconds` plus an
+   election, about 2-3 s with a 1 s setting (Sentinel's default is 30 s).
+3. The next call asks the sentinels again and reaches the new master: the
+   same `Cache` carries on, with no reconnect code of yours. Subscriptions
+   (`tickers.watch`, `events.subscribe`) reconnect by themselves and re-read
+   what they missed. A connection to an old master that was demoted answers
+   `READONLY`; redis-py then drops it and asks the sentinels again.
+
+In a test (SIGKILL of the master under ticker writes, an order queue and
+claims) every loop saw about 40 `ConnectionLost` in 2-3 s, no call took
+longer than 0.5 s, and all resumed on the same `Cache`. Treat `ConnectionLost`
+as transient: pause briefly and retry; `orders.submit` (by client order id)
+and `cache.idempotency(...)` make a retried write safe.
+
+Replication is asynchronous: a write the old master acknowledged but had not
+yet sent to the replica is gone after the failover. An acked order is then
+delivered again (consumers must be idempotent), a submitted order or trade may
+be missing, and a lock or claim taken just before may be lost, so another
+process can take it (see the lock's guarantees across a failover). Writes the
+replica had received are all there. Run the data nodes with persistence (AOF),
+or never let a master without it restart by itself: a master that restarts
+empty before the sentinels notice is still the master, and its replicas copy
+the empty dataset.
 
 ## Configuration
 

@@ -28,6 +28,11 @@ directories are reaped at the next run.
   start your own ``RedisServer`` for destructive tests.
 * ``redis_cluster``: the run's Cluster as an :class:`Endpoint` (``.url``
   is ``redis+cluster://...``); skipped when no cluster can run.
+* ``redis_sentinel_factory``: ``redis_sentinel_factory(**kwargs)`` starts a
+  private :class:`~tradecache.server.RedisSentinelServer` (1 master, 1 replica,
+  3 sentinels; about 2 s) and returns it ready; ``.url`` is
+  ``redis+sentinel://...``. Every topology it started is stopped at teardown,
+  even when the test fails. Kill its master at will: no other test uses it.
 * ``redis_backend``, ``redis_endpoint``: the topology of this parametrization
   and its :class:`Endpoint`.
 * Seed-compatible: ``redis_db`` (the DB number), ``clean_redis`` (the
@@ -60,7 +65,7 @@ import itertools
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -72,6 +77,7 @@ from ..connection import redact_url
 from ..server import (
     RedisBinary,
     RedisClusterServer,
+    RedisSentinelServer,
     RedisServer,
     RedisServerError,
     RedisServerNotFound,
@@ -470,6 +476,37 @@ def redis_server(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
     server = RedisServer(run.binary, port=0).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis_sentinel_factory(
+    request: pytest.FixtureRequest,
+) -> Iterator[Callable[..., RedisSentinelServer]]:
+    """Start private Sentinel topologies; each is stopped at teardown, even on failure.
+
+    Takes :class:`~tradecache.server.RedisSentinelServer`'s keyword arguments
+    and returns the topology ready (the sentinels agree on the master).
+
+    Example::
+
+        async def test_failover(redis_sentinel_factory):
+            ha = redis_sentinel_factory()
+            cache = await Cache.connect(ha.url)
+            ha.kill_master()
+    """
+    run = _run(request.config)
+    if run.binary is None:
+        _unavailable(run, run.no_binary)
+    started: list[RedisSentinelServer] = []
+
+    def start(**kwargs: Any) -> RedisSentinelServer:
+        topology = RedisSentinelServer(run.binary, **kwargs)
+        started.append(topology)
+        return topology.start()
+
+    yield start
+    for topology in started:
+        topology.stop()
 
 
 @pytest.fixture(scope="session")
