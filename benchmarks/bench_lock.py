@@ -9,6 +9,11 @@
    and latency, interleaved slices of ours, redis-py ``Lock`` and raw
    ``SET NX PX`` + Lua release.
 3. Bot claim acquire + release vs raw ``SET NX PX`` + Lua release.
+4. The floor of a handoff on this machine: the same N processes, hold and
+   think, passing a token around a ring with bare ``PUBLISH`` -> wake-up on raw
+   asyncio sockets (no client library, no script; one PING round trip per
+   grant stands for the queueing try). Its gap p99 is what process scheduling
+   alone costs: no lock built on Redis pub/sub can hand off faster here.
 
 Run: ``python benchmarks/bench_lock.py [--url URL] [--procs 16] [--rounds 3]``
 (default: an embedded server from ``tradecache.server``). Pin with
@@ -26,6 +31,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.lock import Lock as RedisPyLock
@@ -72,17 +78,83 @@ def _worker(
     results.put(asyncio.run(main()))
 
 
+async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return await asyncio.open_unix_connection(parts.path)
+    return await asyncio.open_connection(parts.hostname, parts.port or 6379)
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        data = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def _ring_worker(
+    url: str, name: str, index: int, procs: int, grants: int, hold: float, think: float,
+    ready: Any, start: Any, results: Any,
+) -> None:  # fmt: skip
+    """The floor: pass a token to the next process with a bare PUBLISH, read it raw."""
+
+    async def main() -> tuple[list[tuple[int, float, float, float]], float]:
+        out = []
+        sub_reader, sub_writer = await _open(url)
+        reader, writer = await _open(url)
+        sub_writer.write(_resp("SUBSCRIBE", f"{name}:{index}"))
+        await sub_reader.read(4096)  # the subscribe confirmation
+        ready.release()  # a token published before every process listens would be lost
+        ping, publish = _resp("PING"), _resp("PUBLISH", f"{name}:{(index + 1) % procs}", "go")
+        await asyncio.to_thread(start.wait)
+        cpu = time.process_time()
+        for grant in range(grants):
+            requested = time.monotonic()
+            writer.write(ping)  # the lock's queueing try: one round trip
+            await reader.read(4096)
+            if grant or index:
+                await sub_reader.read(4096)  # one message per lap of the ring
+            acquired = time.monotonic()
+            await asyncio.sleep(hold)
+            released = time.monotonic()
+            writer.write(publish)
+            await reader.read(4096)
+            out.append((os.getpid(), requested, acquired, released))
+            await asyncio.sleep(think)
+        cpu = time.process_time() - cpu
+        sub_writer.close()
+        writer.close()
+        return out, cpu
+
+    results.put(asyncio.run(main()))
+
+
 def contention(
     kind: str, url: str, procs: int, grants: int, hold: float, think: float, name: str
 ) -> dict[str, float]:
-    start, results = SPAWN.Event(), SPAWN.Queue()
-    workers = [
-        SPAWN.Process(target=_worker, args=(kind, url, name, grants, hold, think, start, results))
-        for _ in range(procs)
-    ]
+    start, results, ready = SPAWN.Event(), SPAWN.Queue(), SPAWN.Semaphore(0)
+    if kind == "floor":
+        workers = [
+            SPAWN.Process(
+                target=_ring_worker,
+                args=(url, name, i, procs, grants, hold, think, ready, start, results),
+            )
+            for i in range(procs)
+        ]
+    else:
+        workers = [
+            SPAWN.Process(
+                target=_worker, args=(kind, url, name, grants, hold, think, start, results)
+            )
+            for _ in range(procs)
+        ]
     for worker in workers:
         worker.start()
     time.sleep(0.5 + 0.15 * procs)  # let every process import and connect
+    if kind == "floor":
+        for _ in workers:
+            assert ready.acquire(timeout=60), "a ring process did not subscribe"
     start.set()
     replies = [results.get(timeout=600) for _ in workers]
     rows = [row for batch, _ in replies for row in batch]
@@ -211,9 +283,9 @@ def main() -> None:
 
 
 def run(url: str, args: argparse.Namespace) -> None:
-    results: dict[str, list[dict[str, float]]] = {"ours": [], "redis-py": []}
+    results: dict[str, list[dict[str, float]]] = {"ours": [], "redis-py": [], "floor": []}
     for i in range(args.rounds):
-        for kind in ("ours", "redis-py"):
+        for kind in ("ours", "redis-py", "floor"):
             results[kind].append(
                 contention(
                     kind,
@@ -229,7 +301,7 @@ def run(url: str, args: argparse.Namespace) -> None:
         kind: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         for kind, runs in results.items()
     }
-    ours, theirs = med["ours"], med["redis-py"]
+    ours, theirs, floor = med["ours"], med["redis-py"], med["floor"]
     print(
         f"\n### Lock handoff: {args.procs} processes x {args.grants} grants, hold "
         f"{args.hold} ms, think {args.think} ms (median of {args.rounds} rounds)\n"
@@ -249,6 +321,23 @@ def run(url: str, args: argparse.Namespace) -> None:
     ):
         ratio = theirs[key] / ours[key] if ours[key] else float("inf")
         print(f"| {label} | {ours[key]:.2f} | {theirs[key]:.2f} | {ratio:.1f}x better |")
+    print(
+        "\n### The floor: bare PUBLISH -> wake-up ring of the same processes, hold and think"
+        " (raw asyncio sockets, no library)\n"
+    )
+    print("| metric | floor | tradecache | tradecache / floor |")
+    print("|---|---|---|---|")
+    print(
+        f"| throughput (grants/s) | {floor['throughput']:.0f} | {ours['throughput']:.0f} "
+        f"| {ours['throughput'] / floor['throughput']:.2f}x |"
+    )
+    for key, label in (
+        ("gap_p50", "handoff gap p50 (ms)"),
+        ("gap_p99", "handoff gap p99 (ms)"),
+        ("cpu_per_grant", "client CPU per grant (ms)"),
+    ):
+        ratio = ours[key] / floor[key] if floor[key] else float("inf")
+        print(f"| {label} | {floor[key]:.2f} | {ours[key]:.2f} | {ratio:.2f}x |")
     latency, trips = asyncio.run(uncontended(url, max(10, args.rounds * 5)))
     base = latency["raw SET NX PX + Lua"]
     print("\n### Uncontended acquire + release (interleaved slices, median)\n")
