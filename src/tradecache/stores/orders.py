@@ -104,7 +104,7 @@ class OrdersCache:
     ``OrdersCache(cache.context)``.
     """
 
-    __slots__ = ("_groups", "client", "codec", "keys", "metrics", "settings")
+    __slots__ = ("_groups", "_queue", "client", "codec", "keys", "metrics", "settings")
 
     def __init__(self, ctx: Context) -> None:
         self.client: Any = ctx.client  # redis-py types replies as bytes | str | ...
@@ -113,6 +113,7 @@ class OrdersCache:
         self.settings = ctx.settings
         self.metrics = ctx.metrics
         self._groups: StreamGroups[Order] = StreamGroups(ctx, Order, "orders")
+        self._queue = ctx.keys.order_queue()
 
     def __repr__(self) -> str:
         return f"<OrdersCache namespace={self.keys.namespace!r}>"
@@ -156,7 +157,7 @@ class OrdersCache:
         fingerprint = hashlib.sha1(payload).hexdigest()
         status, entry_id = await _SUBMIT(
             self.client,
-            keys=[self.keys.order_queue(), self.keys.order_submitted(model.exchange, client_id)],
+            keys=[self._queue, self.keys.order_submitted(model.exchange, client_id)],
             args=[fingerprint, payload, self._ttl_ms, self.settings.stream_maxlen],
         )
         entry = decode_id(entry_id)
@@ -168,7 +169,7 @@ class OrdersCache:
         return entry
 
     async def _queue_keys(self) -> list[list[str]]:
-        return [[self.keys.order_queue()]]
+        return [[self._queue]]
 
     def consume(
         self, group: str, consumer: str, *, count: int = 10, block: float | None = None
