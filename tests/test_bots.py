@@ -178,6 +178,24 @@ async def test_claim_validation(cache):
         bots.claim("binance", "BTC/USDT", "b", ttl=0)
     with pytest.raises(ValidationError, match="exchange"):
         await bots.claims("bad exchange")
+    with pytest.raises(ValidationError, match="exchange"):
+        bots.claim(["binance"], "BTC/USDT", "b")  # unhashable: not a remembered pair either
+    with pytest.raises(ValidationError, match="symbol"):
+        bots.claim("binance", ["BTC/USDT"], "b")
+
+
+async def test_claim_keys_are_remembered_per_pair_and_bounded(cache, monkeypatch):
+    bots = cache.bots
+    monkeypatch.setattr("tradecache.stores.bots._MAX_REMEMBERED", 2)
+    for _ in range(2):  # the second round reuses what the first validated
+        for exchange, symbol in (("Binance", "BTC/USDT"), ("okx", "ETH/USDT"), ("okx", "X/Y")):
+            async with bots.claim(exchange, symbol, "bot-1", ttl=5) as claim:
+                assert (claim.exchange, claim.symbol) == (exchange.lower(), symbol)
+                assert await bots.holder(exchange.lower(), symbol) == "bot-1"
+            assert len(bots._specs) <= 2
+    assert bots._specs[("okx", "X/Y")][2].key == cache.keys.bot_claim("okx", "X/Y")
+    with pytest.raises(ValidationError, match="bot_id"):  # a remembered pair, a bad bot id
+        bots.claim("okx", "X/Y", "bad bot")
 
 
 async def test_a_bot_cache_with_its_own_lock_manager(cache):

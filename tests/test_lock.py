@@ -783,6 +783,61 @@ async def test_manager_close_waits_for_background_releases(cache):
     assert "LockManager" in repr(manager)
 
 
+async def test_manager_close_waits_for_tasks_started_by_ending_tasks(cache, monkeypatch):
+    manager = LockManager(cache.context)
+    finished = []
+
+    async def follow_up():
+        await asyncio.sleep(0.01)
+        finished.append("follow-up")
+
+    async def first():
+        await asyncio.sleep(0.01)
+        manager._spawn(follow_up())  # like the release compensating a cancelled acquire
+
+    manager._spawn(first())
+    await manager.aclose()
+    assert finished == ["follow-up"] and not manager._tasks
+    # past the grace period, what still runs is cancelled
+    monkeypatch.setattr("tradecache.coordination.lock._CLOSE_GRACE", 0.05)
+    manager = LockManager(cache.context)
+    stuck = manager._spawn(asyncio.sleep(30))
+    await manager.aclose()
+    await asyncio.sleep(0)
+    assert stuck.cancelled()
+
+
+async def test_shielded_outcome(cache):
+    manager = LockManager(cache.context)
+    # the task is cancelled while the caller waits: the caller is cancelled too
+    task, outcome = manager._shielded(asyncio.sleep(30))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outcome
+    assert task.cancelled()
+
+    # the caller stopped waiting (cancelled): the task still runs to its end
+    async def fail():
+        await asyncio.sleep(0.01)
+        raise ConnectionLost("gone")
+
+    task, outcome = manager._shielded(fail())
+    outcome.cancel()
+    with pytest.raises(ConnectionLost):
+        await task
+    task, outcome = manager._shielded(asyncio.sleep(0.01, "done"))
+    outcome.cancel()
+    assert await task == "done"
+    # the caller waits: it gets the outcome
+    task, outcome = manager._shielded(fail())
+    with pytest.raises(ConnectionLost):
+        await outcome
+    task, outcome = manager._shielded(asyncio.sleep(0, "ok"))
+    assert await outcome == "ok"
+    await manager.aclose()
+
+
 # --- real processes ------------------------------------------------------------------------------
 
 

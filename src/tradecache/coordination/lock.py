@@ -657,6 +657,32 @@ class LockManager:
         task.add_done_callback(self._settled)
         return task
 
+    def _shielded(self, awaitable: Awaitable[T]) -> tuple[asyncio.Task[T], asyncio.Future[T]]:
+        """Run ``awaitable`` in the background; the future gets its outcome when it ends.
+
+        ``await future`` is ``await asyncio.shield(task)`` (cancelling the caller
+        leaves the task running) minus one event-loop round: the task settles the
+        future in its own last step, not from a done callback that settles
+        another future.
+        """
+        outcome: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        async def run() -> T:
+            try:
+                result = await awaitable
+            except asyncio.CancelledError:
+                outcome.cancel()  # a no-op once the caller stopped waiting
+                raise
+            except BaseException as exc:
+                if not outcome.done():
+                    outcome.set_exception(exc)
+                raise
+            if not outcome.done():
+                outcome.set_result(result)
+            return result
+
+        return self._spawn(run()), outcome
+
     def _settled(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
@@ -671,8 +697,13 @@ class LockManager:
 
         ``Cache.close()`` calls it. Example: ``await locks.aclose()``
         """
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=_CLOSE_GRACE)
+        deadline = time.monotonic() + _CLOSE_GRACE
+        # A task that ends may start another (the release compensating a cancelled
+        # acquire): wait for those too, or they would be cancelled before they ran.
+        while self._tasks and (left := deadline - time.monotonic()) > 0:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=left)
+            if pending:
+                break
         for task in list(self._tasks):
             task.cancel()
         if self._hub is not None:
@@ -931,9 +962,9 @@ class Lease:
         self._released = True
         manager = self._lock.manager
         started = time.perf_counter()
-        task = manager._spawn(manager._release(self._lock.spec, self.token))
+        _, outcome = manager._shielded(manager._release(self._lock.spec, self.token))
         try:
-            deleted = await asyncio.shield(task)
+            deleted = await outcome
         except TradecacheError:
             self.metrics.observe("lock.release", time.perf_counter() - started, error=True)
             raise
@@ -1111,10 +1142,10 @@ class Lock:
             )  # fmt: skip
         else:
             call = ACQUIRE(manager.client, self.spec.keys, args)
-        task = manager._spawn(call)
+        task, outcome = manager._shielded(call)
         try:
             try:
-                reply = await asyncio.shield(task)
+                reply = await outcome
             except NotReplicated as exc:
                 if exc.reply[0] == 1:
                     raise  # granted, but a failover could lose it: released below

@@ -46,7 +46,8 @@ def to_model(data: object, model: type[M], exchange: str | None, *, required: bo
             f"expected a {model.__name__} or a dict, not {type(data).__name__}",
         )
     own: str | None = getattr(item, "exchange", None)
-    current = None if own is None else validate_exchange(own)
+    # equal to the exchange validated above: no need to check it again
+    current = own if own is None or own == exchange else validate_exchange(own)
     if current is not None and exchange is not None and current != exchange:
         raise ValidationError("exchange", f"the data says {own!r}, the call {exchange!r}")
     final = current or exchange

@@ -52,6 +52,9 @@ UNMARK_OPENING: Final = Script("bot_unmark_opening")
 # BotStatus fields a status mapping may set (either spelling); other keys go to ``data``.
 _STATUS_FIELDS: Final = frozenset({"status", "exchange", "symbol", "message"})
 _IGNORED: Final = frozenset({"updated", "data", "bot_id", "botId"})
+# Validated (exchange, symbol) pairs and their claim keys remembered per store; cleared
+# when full (a safety valve for callers passing ever-new strings, not a limit on claims).
+_MAX_REMEMBERED: Final = 4096
 
 
 def _text(value: Any) -> str:
@@ -217,6 +220,7 @@ class BotCache:
         self.metrics = ctx.metrics
         self._owns_locks = locks is None
         self.locks = LockManager(ctx) if locks is None else locks
+        self._specs: dict[tuple[object, object], tuple[str, str, LockSpec]] = {}
 
     def __repr__(self) -> str:
         return f"<BotCache {self.keys.namespace!r}>"
@@ -231,24 +235,27 @@ class BotCache:
 
     # --- claims ----------------------------------------------------------------------------
 
-    def _lock(
-        self, exchange: str, symbol: str, bot_id: str, ttl: float, wait: float | None,
-        on_lost: OnLost | None, wait_replicas: int | None = None,
-    ) -> Lock:  # fmt: skip
+    def _claim_spec(self, exchange: object, symbol: object) -> tuple[str, str, LockSpec]:
+        """Validated ``(exchange, symbol)`` and the keys of their claim, remembered per pair."""
+        try:
+            return self._specs[exchange, symbol]
+        except (KeyError, TypeError):  # TypeError: unhashable input, rejected just below
+            pass
+        ex, sym = validate_exchange(exchange), validate_symbol(symbol)
         keys = self.keys
         spec = LockSpec(
-            name=f"{exchange}:{symbol}",
-            key=keys.bot_claim(exchange, symbol),
-            fence_key=keys.bot_claim_fence(exchange, symbol),
-            queue=keys.bot_claim_queue(exchange, symbol),
-            channel=keys.bot_claim_channel(exchange, symbol),
+            name=f"{ex}:{sym}",
+            key=keys.bot_claim(ex, sym),
+            fence_key=keys.bot_claim_fence(ex, sym),
+            queue=keys.bot_claim_queue(ex, sym),
+            channel=keys.bot_claim_channel(ex, sym),
             index=keys.bot_claims(),
-            member=f"{exchange}:{symbol}",
+            member=f"{ex}:{sym}",
         )
-        return Lock(
-            self.locks, spec, ttl=ttl, wait=wait, on_lost=on_lost, owner=bot_id,
-            wait_replicas=wait_replicas,
-        )  # fmt: skip
+        if len(self._specs) >= _MAX_REMEMBERED:
+            self._specs.clear()
+        found = self._specs[exchange, symbol] = (ex, sym, spec)
+        return found
 
     def claim(
         self,
@@ -280,10 +287,12 @@ class BotCache:
             except Claimed as busy:
                 log.info("BTC/USDT is traded by %s", busy.holder)
         """
-        exchange = validate_exchange(exchange)
-        symbol = validate_symbol(symbol)
+        exchange, symbol, spec = self._claim_spec(exchange, symbol)
         bot_id = validate_part(bot_id, "bot_id")
-        lock = self._lock(exchange, symbol, bot_id, ttl, wait, on_lost, wait_replicas)
+        lock = Lock(
+            self.locks, spec, ttl=ttl, wait=wait, on_lost=on_lost, owner=bot_id,
+            wait_replicas=wait_replicas,
+        )  # fmt: skip
 
         async def acquire() -> Claim:
             return await self._acquire(lock, exchange, symbol, bot_id)

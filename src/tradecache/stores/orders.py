@@ -105,7 +105,7 @@ class OrdersCache:
     ``OrdersCache(cache.context)``.
     """
 
-    __slots__ = ("_groups", "client", "codec", "keys", "metrics", "settings")
+    __slots__ = ("_groups", "_queue", "client", "codec", "keys", "metrics", "settings")
 
     def __init__(self, ctx: Context) -> None:
         self.client: Any = ctx.client  # redis-py types replies as bytes | str | ...
@@ -114,6 +114,7 @@ class OrdersCache:
         self.settings = ctx.settings
         self.metrics = ctx.metrics
         self._groups: StreamGroups[Order] = StreamGroups(ctx, Order, "orders")
+        self._queue = ctx.keys.order_queue()
 
     def __repr__(self) -> str:
         return f"<OrdersCache namespace={self.keys.namespace!r}>"
@@ -170,7 +171,7 @@ class OrdersCache:
         replicas = check_replicas(
             self.settings.wait_replicas if wait_replicas is None else wait_replicas
         )
-        keys = [self.keys.order_queue(), self.keys.order_submitted(model.exchange, client_id)]
+        keys = [self._queue, self.keys.order_submitted(model.exchange, client_id)]
         args: list[str | bytes | int] = [
             fingerprint, payload, self._ttl_ms, self.settings.stream_maxlen, int(replicas > 0),
         ]  # fmt: skip
@@ -195,7 +196,7 @@ class OrdersCache:
         return entry
 
     async def _queue_keys(self) -> list[list[str]]:
-        return [[self.keys.order_queue()]]
+        return [[self._queue]]
 
     def consume(
         self, group: str, consumer: str, *, count: int = 10, block: float | None = None
