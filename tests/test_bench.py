@@ -42,10 +42,19 @@ from tradecache.bench import (
     suite,
 )
 from tradecache.bench.harness import count_round_trips, percentile
-from tradecache.bench.workers import Pool, WorkerError, handoff_stats, serve
+from tradecache.bench.suites import skipped
+from tradecache.bench.workers import (
+    Pool,
+    WorkerError,
+    handoff_stats,
+    pass_token,
+    resp,
+    serve,
+)
 from tradecache.cli import commands
 from tradecache.cli.bench import run_script
 from tradecache.errors import ValidationError
+from tradecache.testing import wait_until
 from tradecache.testing.plugin import Endpoint
 
 runner = CliRunner()
@@ -82,9 +91,19 @@ def test_quick_run_reports_every_suite_on_embedded_servers(tmp_root: Path, tmp_p
     assert any("vs reference" in case for case in tickers) and len(tickers) == 6
     assert by_case["tickers", "set_many(100) vs reference"]["goal"] == "ours >= 5x reference"
     assert by_case["tickers", "set vs reference"]["raw_trips"] == 3
-    [handoff] = [row for row in rows if row["suite"] == "lock" and "handoff" in row["case"]]
+    handoff, floor = [row for row in rows if row["suite"] == "lock" and "handoff" in row["case"]]
     assert handoff["baseline"] == "redis-py Lock" and handoff["met"] in (True, False)
     assert handoff["extra"]["overlapping grants"] == 0 and handoff["ours_p99_us"] > 0
+    # the floor, next to it: the same handoff against a bare PUBLISH ring of the processes
+    assert floor["case"].startswith("handoff vs the floor, 4 processes x 3 grants")
+    assert floor["baseline"] == "floor: bare PUBLISH ring, raw sockets" and floor["goal"] is None
+    assert floor["ours"] == handoff["ours"] and floor["ours_p99_us"] == handoff["ours_p99_us"]
+    assert floor["raw"] > 0 and 0 < floor["raw_p50_us"] <= floor["raw_p99_us"]
+    assert floor["ratio"] == pytest.approx(floor["ours"] / floor["raw"])
+    assert floor["extra"]["cpu ms/grant floor"] > 0 and floor["extra"]["overlapping grants"] == 0
+    assert floor["extra"]["gap p99 ms over the floor"] == pytest.approx(
+        (floor["ours_p99_us"] - floor["raw_p99_us"]) / 1000
+    )
     scaling = [row for row in rows if row["suite"] == "cluster"]
     assert [row["extra"]["processes"] for row in scaling] == [1, 2, 4] * 3
     assert all(row["ours"] > 0 and row["raw"] > 0 for row in scaling)
@@ -360,6 +379,14 @@ def test_goals_and_markdown() -> None:
     assert percentile([], 50) is None and percentile([3.0, 1.0, 2.0], 50) == 2.0
 
 
+async def test_a_skipped_probe_says_why() -> None:
+    probe = skipped("breaker vs pybreaker", "pip install pybreaker", at_least(2, "pybreaker"))
+    [row] = await probe.run()
+    assert probe.name == row.case == "breaker vs pybreaker" and row.ours is None
+    assert row.note == "skipped: pip install pybreaker" and row.goal == "ours >= 2x pybreaker"
+    assert row.met is None  # not measured
+
+
 def test_a_new_suite_is_one_decorated_function(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("tradecache.bench.harness.SUITES", dict(SUITES))
     from tradecache.bench import harness
@@ -403,6 +430,16 @@ def test_worker_loop_in_a_thread(redis_url: str) -> None:
         inbox.put(("lock", "redis-py", "l", 2, 0.0, 0.0, time.monotonic()))
         status, (grants, cpu) = outbox.get(timeout=60)
         assert status == "ok" and len(grants) == 2 and cpu >= 0
+        # a ring of one: the worker passes the token to itself, the last grant ends it
+        inbox.put(("ring", 1, "r", 3, 0.0, 0.0, time.monotonic()))
+        status, (grants, cpu) = outbox.get(timeout=60)
+        assert status == "ok" and len(grants) == 3 and cpu >= 0
+        assert all(pid == os.getpid() and req <= got <= rel for pid, req, got, rel in grants)
+        assert [got for _, _, got, _ in grants] == sorted(got for _, _, got, _ in grants)
+        channel = "tcbench-w:ch:bench-raw:{r}:0"  # its raw connections are closed
+        client = redis.Redis.from_url(redis_url)
+        asyncio.run(wait_until(lambda: client.pubsub_numsub(channel) == [(channel.encode(), 0)]))
+        client.close()
         inbox.put(("ops", "nope", "ours", time.monotonic(), 0.01))
         status, text = outbox.get(timeout=60)
         assert status == "error" and "worker 0" in text and "nope" in text
@@ -410,6 +447,20 @@ def test_worker_loop_in_a_thread(redis_url: str) -> None:
         inbox.put(None)
         thread.join(60)
     assert not thread.is_alive()
+
+
+async def test_the_ring_waits_for_a_late_subscriber() -> None:
+    sent: list[bytes] = []
+
+    class Writer:
+        def write(self, data: bytes) -> None:
+            sent.append(data)
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(b":0\r\n:0\r\n:1\r\n")  # nobody listens yet, twice, then one does
+    publish = resp(b"PUBLISH", b"ch", b"go")
+    await pass_token(reader, Writer(), publish)
+    assert sent == [publish] * 3 and publish == b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$2\r\ngo\r\n"
 
 
 @pytest.mark.slow

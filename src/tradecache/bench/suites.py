@@ -24,7 +24,10 @@ Redis work as ours, with payloads encoded beforehand on the raw side.
 * ``events``: ``publish`` vs PUBLISH with one subscriber each reading;
   publish -> receive round trip, ``Subscription`` vs redis-py ``PubSub`` + queue.
 * ``lock``: uncontended lock and bot claim vs SET NX PX + Lua release, lock vs
-  redis-py's asyncio ``Lock``; handoff among 16 processes vs redis-py ``Lock``.
+  redis-py's asyncio ``Lock``; handoff among 16 processes vs redis-py ``Lock``,
+  and vs the floor: the same processes, hold and think passing a token round a
+  ring with bare ``PUBLISH`` -> wake-up on raw sockets (what process scheduling
+  alone costs here; no lock built on pub/sub hands off faster).
 * ``breaker``: closed ``breaker.call`` / ``async with`` around a GET vs the
   bare GET, the CPU cost over a no-op, the failure path, against pybreaker
   with Redis storage (``dev`` extra); trip -> listener in another cache.
@@ -564,7 +567,8 @@ async def events(bench: Bench) -> list[Case | Probe]:
 
 @suite("lock", "locks and bot claims: uncontended, and handed off among 16 processes")
 async def lock(bench: Bench) -> list[Case | Probe]:
-    """Uncontended cycles vs raw and redis-py's Lock; the 16-process handoff vs redis-py's Lock."""
+    """Uncontended cycles vs raw and redis-py's Lock; the 16-process handoff vs redis-py's
+    Lock and vs the floor (a bare PUBLISH ring of the same processes)."""
     cache, client = bench.cache, bench.client
     release = client.register_script(_RELEASE)
     key = bench.key("lock")
@@ -597,14 +601,19 @@ async def lock(bench: Bench) -> list[Case | Probe]:
     hold, think = 0.002, 0.005
 
     async def handoff() -> list[Row]:
-        runs: dict[str, list[dict[str, float]]] = {"ours": [], "redis-py": []}
+        heads: dict[str, tuple[str, Any]] = {
+            "ours": ("lock", "ours"),
+            "redis-py": ("lock", "redis-py"),
+            "floor": ("ring", procs),
+        }
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind in heads}
 
-        def measure() -> None:
+        def measure() -> None:  # the three interleaved, round after round, in the same processes
             with Pool(procs, bench.url, bench.namespace) as pool:
                 for i in range(rounds):
                     for kind, results in runs.items():
                         start_at = time.monotonic() + 0.2 + 0.01 * procs
-                        command = ("lock", kind, f"handoff-{i}", grants, hold, think, start_at)
+                        command = (*heads[kind], f"handoff-{i}", grants, hold, think, start_at)
                         results.append(handoff_stats(pool.run(procs, command)))
 
         await asyncio.to_thread(measure)
@@ -612,10 +621,11 @@ async def lock(bench: Bench) -> list[Case | Probe]:
             kind: {k: statistics.median(r[k] for r in values) for k in values[0]}
             for kind, values in runs.items()
         }
-        ours_m, theirs = med["ours"], med["redis-py"]
+        ours_m, theirs, floor = med["ours"], med["redis-py"], med["floor"]
+        shape = f"{procs} processes x {grants} grants (hold 2 ms, think 5 ms)"
         row = Row(
             suite="",
-            case=f"handoff, {procs} processes x {grants} grants (hold 2 ms, think 5 ms)",
+            case=f"handoff, {shape}",
             unit="grants",
             ours=ours_m["throughput"],
             raw=theirs["throughput"],
@@ -638,7 +648,30 @@ async def lock(bench: Bench) -> list[Case | Probe]:
             note="p50/p99: handoff gap, one process's release to another's grant",
         )
         goal = at_most("ours_p99_us", 5000, f"handoff p99 <= 5 ms ({procs} processes)")
-        return [row.judged(goal)]
+        over_floor = Row(
+            suite="",
+            case=f"handoff vs the floor, {shape}",
+            unit="grants",
+            ours=ours_m["throughput"],
+            raw=floor["throughput"],
+            ratio=ours_m["throughput"] / floor["throughput"],
+            rounds=rounds,
+            baseline="floor: bare PUBLISH ring, raw sockets",
+            ours_p50_us=ours_m["gap_p50"] * 1000,
+            ours_p99_us=ours_m["gap_p99"] * 1000,
+            raw_p50_us=floor["gap_p50"] * 1000,
+            raw_p99_us=floor["gap_p99"] * 1000,
+            extra={
+                "gap p99 ms over the floor": ours_m["gap_p99"] - floor["gap_p99"],
+                "cpu ms/grant ours": ours_m["cpu_per_grant"],
+                "cpu ms/grant floor": floor["cpu_per_grant"],
+                "wait p99 ms floor": floor["wait_p99"],
+                "overlapping grants": floor["overlaps"],
+            },
+            note="the floor: the same processes pass a token round a ring, PUBLISH -> "
+            "wake-up, one PING per grant, no library: what process scheduling alone costs",
+        )
+        return [row.judged(goal), over_floor]
 
     raw_name = "raw SET NX PX + Lua release"
     return [

@@ -8,6 +8,14 @@ namespace of the run), and sends them commands; a phase may use the first
 * ``("lock", kind, name, grants, hold_s, think_s, start_at)``: take the lock
   ``grants`` times (``kind``: ``"ours"`` or ``"redis-py"``), returns
   ``(grants, cpu_seconds)`` with ``(pid, requested, acquired, released)`` per grant;
+* ``("ring", procs, name, grants, hold_s, think_s, start_at)``: the floor of a
+  handoff. Worker ``i`` of the first ``procs`` takes a token from its channel
+  and, after holding it, passes it to worker ``i + 1`` (mod ``procs``) with a
+  bare ``PUBLISH``; one ``PING`` round trip per grant stands for a lock's
+  queueing try. Connections are opened (AUTH, TLS, unix socket as the URL says)
+  by redis-py, then used as raw asyncio streams: no client library, no script
+  on the path, so the gaps are what process scheduling alone costs. Returns
+  what ``"lock"`` returns;
 * ``("ops", op, side, start_at, duration)``: run ``op`` (``tickers.set``,
   ``tickers.get``, ``lock``) as ``side`` (``"ours"`` or ``"raw"``) for
   ``duration`` seconds from ``start_at`` (``time.monotonic()``, system-wide on
@@ -39,7 +47,7 @@ from ..errors import TradecacheError
 from ..models import Ticker, dec_hook, enc_hook, utc_now
 from .harness import percentile
 
-__all__ = ["OPS", "Pool", "WorkerError", "handoff_stats", "serve"]
+__all__ = ["OPS", "Pool", "WorkerError", "handoff_stats", "pass_token", "resp", "serve"]
 
 SPAWN: Final = multiprocessing.get_context("spawn")
 OPS: Final = ("tickers.set", "tickers.get", "lock")
@@ -153,6 +161,74 @@ async def _run_lock(
     return out, time.process_time() - cpu
 
 
+def resp(*args: bytes) -> bytes:
+    """One command in RESP, an array of bulk strings (what redis-py would send).
+
+    Example: ``resp(b"PING") == b"*1\\r\\n$4\\r\\nPING\\r\\n"``
+    """
+    return b"".join([b"*%d\r\n" % len(args), *(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)])
+
+
+async def pass_token(reader: asyncio.StreamReader, writer: Any, publish: bytes) -> None:
+    """Send the ``publish`` command until a subscriber heard it (``:0``: the next one is late).
+
+    A token published before the next process of the ring subscribed would be
+    lost (and the ring stuck): a process that comes late to the start is
+    waited for, 1 ms at a time.
+
+    Example: ``await pass_token(reader, writer, resp(b"PUBLISH", channel, b"go"))``
+    """
+    writer.write(publish)
+    while await reader.readline() == b":0\r\n":
+        await asyncio.sleep(0.001)
+        writer.write(publish)
+
+
+async def _run_ring(
+    cache: Cache,
+    index: int,
+    procs: int,
+    name: str,
+    grants: int,
+    hold: float,
+    think: float,
+    start_at: float,
+) -> tuple[list[tuple[int, float, float, float]], float]:
+    channel = cache.keys.channel
+    mine = channel("bench-raw", name, str(index)).encode()
+    publish = resp(b"PUBLISH", channel("bench-raw", name, str((index + 1) % procs)).encode(), b"go")
+    ping, pong, message = resp(b"PING"), len(b"+PONG\r\n"), len(resp(b"message", mine, b"go"))
+    client: Any = cache.client  # standalone: the bench refuses a Cluster URL
+    pool = client.connection_pool
+    sub, command = pool.make_connection(), pool.make_connection()
+    try:
+        await sub.connect()  # the handshake by redis-py, then raw streams only
+        await command.connect()
+        sub_reader, reader, writer = sub._reader, command._reader, command._writer
+        sub._writer.write(resp(b"SUBSCRIBE", mine))
+        await sub_reader.readexactly(len(resp(b"subscribe", mine)) + len(b":1\r\n"))
+        out = []
+        await _until(start_at)
+        cpu = time.process_time()
+        for grant in range(grants):
+            requested = time.monotonic()
+            writer.write(ping)  # the lock's queueing try: one round trip
+            await reader.readexactly(pong)
+            if grant or index:  # worker 0 holds the token first
+                await sub_reader.readexactly(message)
+            acquired = time.monotonic()
+            await asyncio.sleep(hold)
+            released = time.monotonic()
+            if grant < grants - 1 or index < procs - 1:  # worker 0 is done: the ring ends
+                await pass_token(reader, writer, publish)
+            out.append((os.getpid(), requested, acquired, released))
+            await asyncio.sleep(think)
+        return out, time.process_time() - cpu
+    finally:
+        await sub.disconnect()
+        await command.disconnect()
+
+
 async def serve(url: str, namespace: str, index: int, inbox: Any, outbox: Any) -> None:
     """A worker's loop: connect, warm up, answer commands until ``None`` arrives.
 
@@ -171,6 +247,8 @@ async def serve(url: str, namespace: str, index: int, inbox: Any, outbox: Any) -
             while (command := await asyncio.to_thread(inbox.get)) is not None:
                 if command[0] == "lock":
                     result: Any = await _run_lock(cache, *command[1:])
+                elif command[0] == "ring":
+                    result = await _run_ring(cache, index, *command[1:])
                 else:
                     result = await _run_ops(ops, *command[1:])
                 outbox.put(("ok", result))
