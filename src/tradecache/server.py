@@ -722,7 +722,82 @@ def wait_cluster_ready(nodes: Sequence[tuple[str, int]], timeout: float = 30.0) 
             client.close()
 
 
-class RedisClusterServer:
+class _Topology:
+    """What a cluster and a sentinel topology share: readiness polling and the context managers.
+
+    A subclass has ``startup_timeout``, ``start(wait=True)``, ``stop()``, and
+    ``_ready()``, which says whether every process is up and linked.
+    """
+
+    startup_timeout: float
+
+    def start(self, wait: bool = True) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the topology is ready (default limit: ``startup_timeout``).
+
+        A cluster: every node reports ``cluster_state:ok`` and every replica is
+        in sync. A sentinel topology: the running sentinels agree on a running
+        master and see each other and every running replica, and every running
+        replica is in sync with that master (after :meth:`kill_master`, the end
+        of the failover; after a ``restart()`` of the old master, the moment it
+        is a replica again).
+
+        Example: ``topology.wait_ready(timeout=30)``
+        """
+        _wait(
+            self._ready, timeout or self.startup_timeout, _CLUSTER_POLL_INTERVAL, f"{self} is ready"
+        )
+
+    async def wait_ready_async(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        """:meth:`wait_ready` for coroutines: polls without blocking the event loop for long.
+
+        Example: ``await topology.wait_ready_async()``
+        """
+        limit = timeout or self.startup_timeout
+        deadline = time.monotonic() + limit
+        while not self._ready():
+            if time.monotonic() >= deadline:
+                raise RedisServerError(f"timed out after {limit:g}s waiting until {self} is ready")
+            await asyncio.sleep(_CLUSTER_POLL_INTERVAL)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        self.start(wait=False)
+        try:
+            await self.wait_ready_async()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisClusterServer(_Topology):
     """A Redis Cluster of ``masters`` primaries and ``replicas`` replicas per primary.
 
     Each node is a :class:`RedisServer` on a free TCP port <= 55535 (the bus
@@ -848,24 +923,6 @@ class RedisClusterServer:
             client.info("replication").get("master_link_status") == "up" for client in replicas
         )
 
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every node is ``ok`` (and every replica in sync)."""
-        _wait(
-            self._ready,
-            timeout or self.startup_timeout,
-            _CLUSTER_POLL_INTERVAL,
-            f"{self} is ok",
-        )
-
-    async def wait_ready_async(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """:meth:`wait_ready` for coroutines: polls without blocking the event loop."""
-        limit = timeout or self.startup_timeout
-        deadline = time.monotonic() + limit
-        while not self._ready():
-            if time.monotonic() >= deadline:
-                raise RedisServerError(f"timed out after {limit:g}s waiting until {self} is ok")
-            await asyncio.sleep(_CLUSTER_POLL_INTERVAL)
-
     def stop(self) -> None:
         """Stop every node (in parallel) and remove their directories. Safe to call twice."""
         for client in self._admin:
@@ -875,34 +932,6 @@ class RedisClusterServer:
             node._send_term()
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        self.start(wait=False)
-        try:
-            await self.wait_ready_async()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class _SentinelNode(RedisServer):
@@ -935,7 +964,7 @@ def _replication(client: redis.Redis) -> dict[str, Any]:
     return info
 
 
-class RedisSentinelServer:
+class RedisSentinelServer(_Topology):
     """A Sentinel topology: 1 master, ``replicas`` replicas and ``sentinels`` sentinels.
 
     Every process is a :class:`RedisServer` on a free TCP port (no unix
@@ -1138,31 +1167,6 @@ class RedisSentinelServer:
         known = _execute(self._client(sentinel), "SENTINEL SLAVES", self.service)
         return {int(item["port"]) for item in known if _flags(item) == {"slave"}}
 
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the running sentinels agree on a running master, see each other and
-        every running replica, and every running replica is in sync with that master.
-
-        After :meth:`kill_master` that is the end of the failover; after a
-        ``restart()`` of the old master, the moment it is a replica again.
-
-        Example: ``ha.kill_master(); ha.wait_ready(timeout=30)``
-        """
-        _wait(
-            self._ready,
-            timeout or self.startup_timeout,
-            _CLUSTER_POLL_INTERVAL,
-            f"{self} is ready",
-        )
-
-    async def wait_ready_async(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """:meth:`wait_ready` for coroutines: polls without blocking the event loop for long."""
-        limit = timeout or self.startup_timeout
-        deadline = time.monotonic() + limit
-        while not self._ready():
-            if time.monotonic() >= deadline:
-                raise RedisServerError(f"timed out after {limit:g}s waiting until {self} is ready")
-            await asyncio.sleep(_CLUSTER_POLL_INTERVAL)
-
     def kill_master(self) -> RedisServer:
         """SIGKILL the current master and return it; ``.restart()`` brings it back later.
 
@@ -1206,31 +1210,3 @@ class RedisSentinelServer:
             node._send_term()
         for node in nodes:
             node.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        self.start(wait=False)
-        try:
-            await self.wait_ready_async()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
