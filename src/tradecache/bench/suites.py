@@ -623,20 +623,32 @@ async def lock(bench: Bench) -> list[Case | Probe]:
         }
         ours_m, theirs, floor = med["ours"], med["redis-py"], med["floor"]
         shape = f"{procs} processes x {grants} grants (hold 2 ms, think 5 ms)"
-        row = Row(
-            suite="",
-            case=f"handoff, {shape}",
-            unit="grants",
-            ours=ours_m["throughput"],
-            raw=theirs["throughput"],
-            ratio=ours_m["throughput"] / theirs["throughput"],
-            rounds=rounds,
-            baseline="redis-py Lock",
-            ours_p50_us=ours_m["gap_p50"] * 1000,
-            ours_p99_us=ours_m["gap_p99"] * 1000,
-            raw_p50_us=theirs["gap_p50"] * 1000,
-            raw_p99_us=theirs["gap_p99"] * 1000,
-            extra={
+
+        def compared(
+            case: str, baseline: str, other: dict[str, float], extra: dict[str, float], note: str
+        ) -> Row:
+            return Row(
+                suite="",
+                case=f"{case}, {shape}",
+                unit="grants",
+                ours=ours_m["throughput"],
+                raw=other["throughput"],
+                ratio=ours_m["throughput"] / other["throughput"],
+                rounds=rounds,
+                baseline=baseline,
+                ours_p50_us=ours_m["gap_p50"] * 1000,
+                ours_p99_us=ours_m["gap_p99"] * 1000,
+                raw_p50_us=other["gap_p50"] * 1000,
+                raw_p99_us=other["gap_p99"] * 1000,
+                extra=extra,
+                note=note,
+            )
+
+        row = compared(
+            "handoff",
+            "redis-py Lock",
+            theirs,
+            {
                 "wait p99 ms ours": ours_m["wait_p99"],
                 "wait p99 ms redis-py": theirs["wait_p99"],
                 "wait max ms ours": ours_m["wait_max"],
@@ -645,30 +657,21 @@ async def lock(bench: Bench) -> list[Case | Probe]:
                 "cpu ms/grant redis-py": theirs["cpu_per_grant"],
                 "overlapping grants": ours_m["overlaps"] + theirs["overlaps"],
             },
-            note="p50/p99: handoff gap, one process's release to another's grant",
+            "p50/p99: handoff gap, one process's release to another's grant",
         )
         goal = at_most("ours_p99_us", 5000, f"handoff p99 <= 5 ms ({procs} processes)")
-        over_floor = Row(
-            suite="",
-            case=f"handoff vs the floor, {shape}",
-            unit="grants",
-            ours=ours_m["throughput"],
-            raw=floor["throughput"],
-            ratio=ours_m["throughput"] / floor["throughput"],
-            rounds=rounds,
-            baseline="floor: bare PUBLISH ring, raw sockets",
-            ours_p50_us=ours_m["gap_p50"] * 1000,
-            ours_p99_us=ours_m["gap_p99"] * 1000,
-            raw_p50_us=floor["gap_p50"] * 1000,
-            raw_p99_us=floor["gap_p99"] * 1000,
-            extra={
+        over_floor = compared(
+            "handoff vs the floor",
+            "floor: bare PUBLISH ring, raw sockets",
+            floor,
+            {
                 "gap p99 ms over the floor": ours_m["gap_p99"] - floor["gap_p99"],
                 "cpu ms/grant ours": ours_m["cpu_per_grant"],
                 "cpu ms/grant floor": floor["cpu_per_grant"],
                 "wait p99 ms floor": floor["wait_p99"],
                 "overlapping grants": floor["overlaps"],
             },
-            note="the floor: the same processes pass a token round a ring, PUBLISH -> "
+            "the floor: the same processes pass a token round a ring, PUBLISH -> "
             "wake-up, one PING per grant, no library: what process scheduling alone costs",
         )
         return [row.judged(goal), over_floor]
