@@ -128,3 +128,76 @@ async def test_outage_after_connect_raises_connection_lost(redis_server_factory)
         assert cache.stats()["cache.ping"].errors == 1
     finally:
         await cache.close()
+
+
+# --- send_commands: writes that keep cancellations -----------------------------------------------
+
+
+async def test_send_commands_writes_several_commands_at_once(redis_url: str) -> None:
+    from tradecache.connection import send_commands
+
+    client = Redis.from_url(redis_url)
+    conn = client.connection_pool.make_connection()
+    timeout = conn.socket_timeout
+    try:
+        await send_commands(conn, ("SET", "tc-send", "1"), ("GET", "tc-send"), ("DEL", "tc-send"))
+        assert [await conn.read_response() for _ in range(3)] == [b"OK", b"1", 1]
+        assert conn.socket_timeout == timeout  # restored
+    finally:
+        await conn.disconnect()
+        await client.aclose()
+
+
+async def test_a_reader_loop_always_ends_on_one_cancel(redis_url: str) -> None:
+    """What a lease renewal or a subscription reader does; cancelled at every step it takes."""
+    import asyncio
+
+    from tradecache.connection import send_commands
+
+    client = Redis.from_url(redis_url)
+    conn = client.connection_pool.make_connection()
+    steps = 0
+
+    async def loop() -> None:
+        nonlocal steps
+        while True:
+            await send_commands(conn, ("PING",))
+            steps += 1
+            await conn.read_response()
+
+    try:
+        for skip in range(40):
+            task = asyncio.create_task(loop())
+            for _ in range(skip):  # let it run `skip` loop iterations, then cancel it there
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=5)
+            assert done == {task} and task.cancelled()
+            await conn.disconnect()  # a cancelled read leaves a reply behind
+        assert steps > 0
+    finally:
+        await conn.disconnect()
+        await client.aclose()
+
+
+async def test_send_commands_is_bounded_by_the_socket_timeout(redis_server_factory) -> None:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from tradecache.connection import send_commands
+
+    server = redis_server_factory(port=0)
+    client = Redis.from_url(server.url, socket_timeout=0.3)
+    conn = client.connection_pool.make_connection()
+    await conn.connect()
+    server.pause()  # reads nothing: a large write fills the socket buffers and waits
+    try:
+        started = time.monotonic()
+        with pytest.raises(RedisTimeoutError, match="socket timeout"):
+            await send_commands(conn, ("SET", "big", b"x" * (64 * 2**20)))
+        assert time.monotonic() - started < 5
+        assert not conn.is_connected  # half a command was written: the connection is dropped
+        assert conn.socket_timeout == 0.3
+    finally:
+        server.resume()
+        await conn.disconnect()
+        await client.aclose()

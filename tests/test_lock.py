@@ -887,3 +887,15 @@ async def test_sigstopped_holder_is_fenced_off(cache):
         assert holder is not None and holder.fence == successor.fence  # not deleted
         assert successor.held
         await successor.release()
+
+
+async def test_a_renewal_loop_that_outlived_its_stop_ends_by_itself(cache):
+    """release() cancels the watchdog; should that cancel be dropped, the loop still ends."""
+    lease = await cache.lock("zombie", ttl=0.3).acquire()
+    await wait_until(lambda: lease._watchdog is not None, timeout=10)  # renewing (ttl/3)
+    watchdog = lease._watchdog
+    lease._released = True  # what release() sets, without the cancel reaching the task
+    await wait_until(watchdog.done, timeout=10)
+    assert not watchdog.cancelled() and watchdog.exception() is None
+    lease._released = False
+    await lease.release()

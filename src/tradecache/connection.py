@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
@@ -51,6 +52,7 @@ __all__ = [
     "is_cluster",
     "parse_sentinel_url",
     "redact_url",
+    "send_commands",
 ]
 
 Client: TypeAlias = "Redis | RedisCluster"
@@ -305,3 +307,29 @@ def create_client(
     if cluster:
         return _cluster_client(url, settings)
     return _standalone_client(url, settings)
+
+
+async def send_commands(connection: Any, *commands: Sequence[Any]) -> None:
+    """Write ``commands`` on a dedicated redis-py ``connection`` (connecting if need be).
+
+    Like ``connection.send_packed_command(connection.pack_commands(commands))``
+    but bounded by :func:`asyncio.timeout` instead of redis-py's
+    :func:`asyncio.wait_for`: on Python 3.11, ``wait_for`` drops a cancellation
+    that arrives while the write completes, so a background loop (a lease
+    renewal, a subscription reader) could outlive ``task.cancel()``, and
+    ``asyncio.run()`` would wait for it forever at shutdown. A write that takes
+    longer than the connection's socket timeout raises redis-py's
+    ``TimeoutError`` and drops the connection.
+
+    Example: ``await send_commands(conn, ("SUBSCRIBE", "a", "b"), ("PING",))``
+    """
+    limit = connection.socket_timeout
+    connection.socket_timeout = None  # redis-py writes without wait_for when it has none
+    try:
+        async with asyncio.timeout(limit):
+            await connection.send_packed_command(connection.pack_commands(commands), False)
+    except TimeoutError:
+        await connection.disconnect(nowait=True)
+        raise RedisTimeoutError(f"no write to Redis within the socket timeout ({limit}s)") from None
+    finally:
+        connection.socket_timeout = limit

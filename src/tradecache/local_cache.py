@@ -60,6 +60,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._tasks import cancel_and_wait
+from .connection import send_commands
 
 __all__ = ["MISS", "LocalCache", "LocalCacheStats"]
 
@@ -118,12 +119,12 @@ class _Link:
     async def open(self, prefixes: Sequence[str]) -> None:
         conn = self.conn
         await conn.connect()
-        await conn.send_command("CLIENT", "ID")
+        await send_commands(conn, ("CLIENT", "ID"))
         self.client_id = client_id = int(await conn.read_response())
         tracking = ["CLIENT", "TRACKING", "on", "REDIRECT", client_id, "BCAST"]
         for prefix in prefixes:
             tracking += ["PREFIX", prefix]
-        await conn.send_packed_command(conn.pack_commands([tracking, ("SUBSCRIBE", _CHANNEL)]))
+        await send_commands(conn, tracking, ("SUBSCRIBE", _CHANNEL))
         await conn.read_response()  # OK (an error reply raises)
         await conn.read_response(push_request=True)  # the subscribe acknowledgement
 
@@ -512,7 +513,7 @@ class LocalCache:
         if reply is None:
             if pinged:  # silence even after a PING: the server is gone or hung
                 raise RedisTimeoutError(f"no answer to PING within {self.health_interval}s")
-            await conn.send_command("PING")
+            await send_commands(conn, ("PING",))
             return True
         if isinstance(reply, list) and len(reply) == 3 and reply[1] in _CHANNELS:
             self.invalidate(reply[2])

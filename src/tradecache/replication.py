@@ -40,6 +40,7 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
+from .connection import send_commands
 from .errors import ConnectionLost, NotReplicated, ValidationError, redis_errors
 from .scripts import Arg, Script
 
@@ -78,7 +79,7 @@ async def _exchange(
     connection: Any, commands: list[tuple[Arg, ...]], wait_read: float
 ) -> list[Any]:
     """Send ``commands`` in one write and read every reply (error replies as values)."""
-    await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    await send_commands(connection, *commands)
     replies: list[Any] = []
     for index in range(len(commands)):
         last = index == len(commands) - 1

@@ -86,6 +86,7 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
 from .._tasks import cancel_and_wait
+from ..connection import send_commands
 from ..context import Context
 from ..errors import (
     ConnectionLost,
@@ -238,7 +239,7 @@ class _Link:
     async def execute_command(self, *args: Any) -> Any:
         async with self._mutex:
             try:
-                await self._connection.send_command(*args, check_health=False)
+                await send_commands(self._connection, args)
                 return await self._connection.read_response()
             except ResponseError:
                 raise  # a complete error reply: the connection is still in step
@@ -416,10 +417,9 @@ class _WakeHub:
             waiter.event.set()
 
     async def _write(self, connection: AbstractConnection) -> None:
-        # Stopped by a None in the queue, not by cancel(): on Python 3.11 redis-py
-        # sends through asyncio.wait_for, which can swallow a cancellation.
+        # Stopped by a None in the queue, not by cancel() (see send_commands).
         while (command := await self._queue.get()) is not None:
-            await connection.send_command(*command, check_health=False)
+            await send_commands(connection, command)
 
     async def _read(self, connection: AbstractConnection) -> None:
         self._connection = connection
@@ -831,6 +831,8 @@ class Lease:
         due = time.monotonic()
         while True:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if self._released:
+                return  # released, and the cancel() of _stop was dropped (see send_commands)
             started = time.monotonic()
             try:
                 renewed = await self._lock.manager._renew(

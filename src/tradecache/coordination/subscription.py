@@ -92,6 +92,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._tasks import cancel_and_wait
+from ..connection import send_commands
 from ..context import Context
 from ..envelope import Envelope, decode_envelope
 from ..errors import TradecacheError, ValidationError, WaitTimeout, translate_redis_errors
@@ -363,9 +364,9 @@ class _Link:
             if self.sub.sharded:
                 # One SSUBSCRIBE per channel: channels of one command must share a slot.
                 commands = [("SSUBSCRIBE", channel) for channel in self.channels]
-                await conn.send_packed_command(conn.pack_commands(commands))
+                await send_commands(conn, *commands)
             else:
-                await conn.send_command("SUBSCRIBE", *self.channels)
+                await send_commands(conn, ("SUBSCRIBE", *self.channels))
             self.waiting = set(self.channels)
             while self.waiting:
                 # Bounded by socket_timeout: an unanswered SUBSCRIBE is an outage.
@@ -409,7 +410,7 @@ class _Link:
             return False
         if pinged:  # silence even after a PING: the server is gone
             raise RedisTimeoutError(f"no answer to PING within {self.sub.health_interval}s")
-        await conn.send_command("PING")  # silence is not an error: is the server there?
+        await send_commands(conn, ("PING",))  # silence is not an error: is the server there?
         return True
 
     async def drop(self) -> None:
