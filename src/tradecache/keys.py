@@ -129,13 +129,11 @@ class Keys:
     # * the exchange's sequence number and channel live in the same slot as its tickers, so
     #   a watcher of an exchange sees one ordered stream it can check for gaps;
     # * the cost is one slot per exchange: on a Cluster a busy exchange's tickers live on
-    #   one master. Measured (benchmarks/bench_hot_keys.py, 3 masters, 500 symbols, 1-4
-    #   writer processes): that master spends ~5.4-6.5 µs of CPU per ticker, a ceiling of
-    #   ~150-185k tickers/s for one exchange, while the writers spend 5-8 µs per ticker
-    #   each; it never passed 61 % CPU. Spreading an exchange over 3 or 16 bucket slots
-    #   gave no steady gain (0.3-1.2x, noise), cost 20-60 % more client CPU per ticker with
-    #   16 buckets, made get_all 1.5-3x slower (a pipeline over N slots) and would split
-    #   the exchange's one ordered sequence. So: one slot per exchange (issue 7 decision);
+    #   one master. Measured (benchmarks/bench_hot_keys.py, BENCHMARKS.md "Hot keys"):
+    #   spreading one busy exchange over 3 or 16 slots changed throughput by -6 % to
+    #   +17 % with 1-4 writers on 2 cores, the hot master stayed under 71 % CPU (a ceiling
+    #   of ~220k tickers/s), get_all got 1.6-2.5x slower, and buckets would split the
+    #   exchange's one ordered sequence. So: one slot per exchange (issue 7 decision);
     #   revisit only for a single exchange feed above ~100k updates/s.
     # The set of exchanges is a small index set (``ticker_exchanges``), never a SCAN.
 
