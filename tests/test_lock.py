@@ -899,3 +899,15 @@ async def test_a_renewal_loop_that_outlived_its_stop_ends_by_itself(cache):
     assert not watchdog.cancelled() and watchdog.exception() is None
     lease._released = False
     await lease.release()
+
+
+async def test_closing_the_cache_hands_back_the_leases_it_holds(cache_factory):
+    holder, other = await cache_factory(), await cache_factory()
+    lease = await holder.lock("handback", ttl=30).acquire()
+    claim = await holder.bots.claim("binance", "BTC/USDT", "bot-1", ttl=30)
+    await holder.close()
+    assert not lease.held and not claim.held
+    async with other.lock("handback", ttl=5, wait=0) as again:  # not after the 30 s TTL
+        assert again.fence > lease.fence
+    async with other.bots.claim("binance", "BTC/USDT", "bot-2", wait=0) as taken:
+        assert taken.fence > claim.fence

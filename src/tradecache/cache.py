@@ -224,7 +224,9 @@ class Cache:
         """Close the client (unless it was handed in). Safe to call twice.
 
         Stops the stores' background work first (lock renewals, breaker and
-        ticker subscriptions). ``async with Cache.connect(...)`` calls it.
+        ticker subscriptions) and hands back the locks and bot claims this
+        cache still holds, so other processes need not wait for their TTL.
+        ``async with Cache.connect(...)`` calls it.
 
         Example: ``cache = await Cache.connect(); ...; await cache.close()``
         """

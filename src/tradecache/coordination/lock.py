@@ -509,7 +509,7 @@ class LockManager:
         self._links: dict[str, _Link] = {}
         self._hub: _WakeHub | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._holding: set[str] = set()  # tokens of this process's live leases
+        self._holding: dict[str, Lease] = {}  # this process's live leases, by token
         # The highest fence seen per lock key (most recent last): the floor of the next
         # fence this process asks for, so its fences rise even if a failover lost the
         # counter and the promoted server's clock is behind.
@@ -693,10 +693,15 @@ class LockManager:
             )
 
     async def aclose(self) -> None:
-        """Let background releases finish (briefly), then close the dedicated connections.
+        """Release the leases still held, let background releases finish (briefly), then
+        close the dedicated connections.
 
+        Whoever held a lease is going away with this manager and could not renew it:
+        handing it back spares the others the wait for its TTL.
         ``Cache.close()`` calls it. Example: ``await locks.aclose()``
         """
+        for lease in list(self._holding.values()):
+            self._spawn(lease.release())
         deadline = time.monotonic() + _CLOSE_GRACE
         # A task that ends may start another (the release compensating a cancelled
         # acquire): wait for those too, or they would be cancelled before they ran.
@@ -754,7 +759,7 @@ class Lease:
         self.lost = asyncio.Event()
         self.lost_reason: str | None = None
         self._released = False
-        lock.manager._holding.add(token)
+        lock.manager._holding[token] = self
         lock.manager._saw(lock.spec.key, fence)
         self._deadline = granted_at + lock.lifetime
         self._watchdog: asyncio.Task[None] | None = None
@@ -884,7 +889,7 @@ class Lease:
             self._report_lost(reason, cleanup=cleanup)
 
     def _report_lost(self, reason: str, *, cleanup: bool) -> None:
-        self._lock.manager._holding.discard(self.token)
+        self._lock.manager._holding.pop(self.token, None)
         self.lost_reason = reason
         self.lost.set()
         self._stop()
@@ -971,7 +976,7 @@ class Lease:
             self.metrics.observe("lock.release", time.perf_counter() - started, error=True)
             raise
         finally:
-            manager._holding.discard(self.token)
+            manager._holding.pop(self.token, None)
         self.metrics.observe("lock.release", time.perf_counter() - started)
         if not deleted and not self.lost.is_set():
             self._report_lost("the lease was gone when it was released", cleanup=False)
