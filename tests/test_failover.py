@@ -642,7 +642,8 @@ async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
 
 async def _waiting_clients(cache: Cache) -> bool:
     clients = await cache.client.client_list()
-    return any(client.get("cmd") == "wait" for client in clients)
+    # Blocked ("b"), not just last seen running WAIT: the NOSCRIPT round's WAIT returns at once.
+    return any(client.get("cmd") == "wait" and "b" in client.get("flags", "") for client in clients)
 
 
 def test_wait_replicas_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -911,3 +911,11 @@ async def test_closing_the_cache_hands_back_the_leases_it_holds(cache_factory):
         assert again.fence > lease.fence
     async with other.bots.claim("binance", "BTC/USDT", "bot-2", wait=0) as taken:
         assert taken.fence > claim.fence
+
+
+async def test_a_loop_stalled_before_the_first_renewal_reports_the_loss(cache):
+    lease = await cache.lock("stall", ttl=0.3).acquire()
+    time.sleep(0.35)  # noqa: ASYNC251 - the fault: this loop stalls past the deadline (a GC pause)
+    await wait_until(lease.lost.is_set, timeout=5)
+    assert lease.lost_reason == "the local deadline passed before a renewal succeeded"
+    assert lease._watchdog is None  # no renewal was started for a lease already lost

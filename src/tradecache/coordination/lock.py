@@ -826,6 +826,11 @@ class Lease:
         self.ensure_held()  # also lost or released while the renewal was under way
 
     def _start_watchdog(self) -> None:
+        if self.remaining() <= 0:
+            # The loop stalled past the deadline (a pause, SIGSTOP): lost now, before
+            # anything else this turn of the loop runs, not one timer later.
+            self._expired()
+            return
         self._timer = self._schedule_expiry()
         self._watchdog = asyncio.create_task(
             self._renew_loop(), name=f"tradecache-lock-renew:{self.name}"
