@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -864,7 +865,9 @@ async def test_a_frozen_executor_is_killed_once_it_holds_orders(
     from tradecache.demo.supervisor import Child
 
     supervisor = Supervisor(config, tmp_path, lambda text: None)
-    sleeper = subprocess.Popen(["sleep", "60"])  # noqa: ASYNC220 - a stand-in, started at once
+    sleeper = subprocess.Popen(  # noqa: ASYNC220 - a stand-in, started at once
+        [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
     try:
         frozen = Child("executor", 1, "exec1", sleeper, tmp_path / "exec1.log", kill_at=0.0)
         frozen.kill_by = float("inf")

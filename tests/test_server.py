@@ -352,9 +352,11 @@ def test_server_dies_with_its_owner_and_the_reaper_cleans_up(tmp_root: Path) -> 
 def test_reaper_kills_a_live_orphan_and_spares_the_living(
     binary: RedisBinary, tmp_root: Path
 ) -> None:
-    dead = subprocess.Popen(["true"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    zombie = subprocess.Popen(["true"])  # exited, never waited for: a zombie owner is dead
+    zombie = subprocess.Popen(
+        [sys.executable, "-c", "pass"]
+    )  # exited, never waited for: a zombie owner is dead
     wait_until_sync(lambda: _proc_state(zombie.pid) == "Z", timeout=10)
     orphan = RedisServer(binary).start()  # stands for a server whose owner died
     (orphan.dir / "owner.pid").write_text(f"{dead.pid}\n")
