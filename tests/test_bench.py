@@ -37,7 +37,6 @@ from tradecache.bench import (
     at_least,
     at_most,
     measure_case,
-    run_benchmarks,
     run_report,
     select,
     suite,
@@ -238,7 +237,8 @@ async def test_cluster_suite_on_a_given_cluster(redis_url: str, redis_cluster: E
 
 
 async def test_local_cache_suite_measures_hits(redis_url: str) -> None:
-    [row] = await run_benchmarks(redis_url, select(["local_cache"]), rounds=1, slice_s=0.001)
+    report = await run_report(redis_url, select(["local_cache"]), rounds=1, slice_s=0.001)
+    [row] = report.rows
     assert (
         row.case == "get (local cache) vs HGET + decode"
         and row.goal == "ours >= 20x raw HGET + decode"
@@ -247,7 +247,8 @@ async def test_local_cache_suite_measures_hits(redis_url: str) -> None:
 
 
 async def test_writer_suite(redis_url: str) -> None:
-    rows = await run_benchmarks(redis_url, select(["writer"]), rounds=1, slice_s=0.001, warmup=1)
+    report = await run_report(redis_url, select(["writer"]), rounds=1, slice_s=0.001, warmup=1)
+    rows = report.rows
     assert [row.case for row in rows] == [
         "tickers.writer(100) vs reference 3 commands/ticker",
         "tickers.set_many(100) vs reference 3 commands/ticker",

@@ -245,18 +245,3 @@ async def test_an_outage_during_a_flush_is_reported_by_the_next_call(redis_serve
         async with cache.tickers.writer(max_batch=5) as again:
             await again.set(tick("Z/USDT", 9.0), exchange="binance")
         assert (await cache.tickers.get("binance", "Z/USDT")).last == 9.0
-
-
-# --- the benchmark suite ---------------------------------------------------------------------
-
-
-async def test_writer_bench_suite_measures_against_the_reference(redis_url):
-    from tradecache.bench import run_benchmarks, select
-
-    rows = await run_benchmarks(redis_url, select(["writer"]), rounds=1, slice_s=0.001, warmup=1)
-    assert [row.case for row in rows] == [
-        "tickers.writer(100) vs reference 3 commands/ticker",
-        "tickers.set_many(100) vs reference 3 commands/ticker",
-        "tickers.writer(100) vs HSET+PUBLISH pipeline",
-    ]
-    assert all(row.ours > 0 and row.raw > 0 and row.unit == "tickers" for row in rows)

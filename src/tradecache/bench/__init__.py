@@ -36,7 +36,6 @@ from .harness import (
     at_least,
     at_most,
     measure_case,
-    run_benchmarks,
     run_report,
     suite,
 )
@@ -54,7 +53,6 @@ __all__ = [
     "at_least",
     "at_most",
     "measure_case",
-    "run_benchmarks",
     "run_report",
     "select",
     "suite",

@@ -79,7 +79,6 @@ __all__ = [
     "environment",
     "measure_case",
     "percentile",
-    "run_benchmarks",
     "run_report",
     "suite",
 ]
@@ -696,35 +695,3 @@ async def _run_suite(
         trips = min(10, warmup) or 1
         rows.append(await measure_case(each.name, item, bench.rounds, bench.slice_s, tick, trips))
     return rows
-
-
-async def run_benchmarks(
-    url: str,
-    suites: Sequence[Suite],
-    *,
-    rounds: int = 10,
-    slice_s: float = 0.2,
-    warmup: int = 20,
-    quick: bool = False,
-    cluster_url: str | None = None,
-    on_case: Callable[[str, str, int], None] | None = None,
-    tick: Callable[[], None] = _nothing,
-) -> list[Row]:
-    """The rows of :func:`run_report` alone (same arguments).
-
-    Example::
-
-        rows = await run_benchmarks(url, select(["events"]), rounds=3, slice_s=0.05)
-    """
-    report = await run_report(
-        url,
-        suites,
-        rounds=rounds,
-        slice_s=slice_s,
-        warmup=warmup,
-        quick=quick,
-        cluster_url=cluster_url,
-        on_case=on_case,
-        tick=tick,
-    )
-    return report.rows

@@ -48,11 +48,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
-import msgspec
-
 from .._tasks import cancel_and_wait
 from ..errors import TradecacheError, ValidationError
-from ..models import Ticker, enc_hook
+from ..models import Ticker
 
 if TYPE_CHECKING:
     from .tickers import TickCache, _Exchange
@@ -60,8 +58,6 @@ if TYPE_CHECKING:
 __all__ = ["TickerWriter", "WriterStats"]
 
 FLUSH_METRIC: Final = "tickers.writer.flush"
-
-_encode: Final = msgspec.json.Encoder(enc_hook=enc_hook).encode  # as TickCache.set encodes
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,8 +161,7 @@ class TickerWriter:
                 await w.set(await ex.watch_ticker("BTC/USDT"), exchange="binance")
         """
         self._check()
-        stored, ex = self._store._ticker(ticker, exchange)
-        data = _encode(stored)
+        stored, ex, data = self._store._encoded(ticker, exchange)
         symbol = stored.symbol
         group = self._pending.get(ex.name)
         while (group is None or symbol not in group[1]) and self._size >= self._max_batch:
@@ -283,22 +278,15 @@ class TickerWriter:
             return 0
         self._pending, self._size = {}, 0
         self._full.clear()
-        from .tickers import BATCH_SIZE  # tickers imports this module
-
         store = self._store
-        calls: list[tuple[_Exchange, list[Any]]] = []
-        for ex, symbols in batch.values():
-            head: list[Any] = [ex.channel, store._publish, ex.name, store._source]
-            items = list(symbols.items())
-            for start in range(0, len(items), BATCH_SIZE):
-                args = head.copy()
-                for pair in items[start : start + BATCH_SIZE]:
-                    args.extend(pair)
-                calls.append((ex, args))
+        groups = [
+            (ex, [part for pair in symbols.items() for part in pair])
+            for ex, symbols in batch.values()
+        ]
         started = time.perf_counter()
         error = True
         try:
-            await store._write_indexing(calls)
+            await store._write_pairs(groups)
             error = False
         except Exception as exc:
             self._failures += 1

@@ -270,14 +270,8 @@ class TickCache:
                 group = grouped[ex.name] = (ex, [])
             group[1].extend((stored.symbol, _encode(stored)))
             count += 1
-        if not count:
-            return 0
-        calls = []
-        for ex, pairs in grouped.values():
-            head = (ex.channel, self._publish, ex.name, self._source)
-            for start in range(0, len(pairs), 2 * BATCH_SIZE):
-                calls.append((ex, (*head, *pairs[start : start + 2 * BATCH_SIZE])))
-        await self._write_indexing(calls)
+        if count:
+            await self._write_pairs(grouped.values())
         return count
 
     def writer(self, flush_interval_ms: float = 50, max_batch: int = 1000) -> TickerWriter:
@@ -296,6 +290,21 @@ class TickCache:
                     await w.set(ticker, exchange="binance")
         """
         return TickerWriter(self, flush_interval_ms, max_batch)
+
+    def _encoded(self, data: object, exchange: str | None) -> tuple[Ticker, _Exchange, bytes]:
+        """Validate one input (as :meth:`set` does) and encode it as it is stored."""
+        stored, ex = self._ticker(data, exchange)
+        return stored, ex, _encode(stored)
+
+    async def _write_pairs(self, groups: Iterable[tuple[_Exchange, Sequence[bytes | str]]]) -> None:
+        """Write each exchange's flat ``symbol, encoded, ...`` pairs in one pipeline,
+        by scripts of up to :data:`BATCH_SIZE` tickers (``set_many``, the writer)."""
+        calls = []
+        for ex, pairs in groups:
+            head = (ex.channel, self._publish, ex.name, self._source)
+            for start in range(0, len(pairs), 2 * BATCH_SIZE):
+                calls.append((ex, (*head, *pairs[start : start + 2 * BATCH_SIZE])))
+        await self._write_indexing(calls)
 
     @redis_errors
     async def _write_indexing(self, calls: Sequence[tuple[_Exchange, Sequence[Any]]]) -> None:
