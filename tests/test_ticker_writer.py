@@ -245,3 +245,37 @@ async def test_an_outage_during_a_flush_is_reported_by_the_next_call(redis_serve
         async with cache.tickers.writer(max_batch=5) as again:
             await again.set(tick("Z/USDT", 9.0), exchange="binance")
         assert (await cache.tickers.get("binance", "Z/USDT")).last == 9.0
+
+
+async def test_closing_the_cache_flushes_the_writers_still_open(cache_factory, caplog):
+    writer_cache, reader = await cache_factory(), await cache_factory()
+    open_one = writer_cache.tickers.writer(flush_interval_ms=60_000)
+    closed = writer_cache.tickers.writer(flush_interval_ms=60_000)
+    await closed.close()
+    await open_one.set(tick("BTC/USDT", 5.0), exchange="binance")
+    await writer_cache.close()
+    assert (await reader.tickers.get("binance", "BTC/USDT")).last == 5.0
+    assert open_one.stats().written == 1
+    with pytest.raises(TradecacheError, match="closed"):
+        await open_one.set(tick("BTC/USDT", 6.0), exchange="binance")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+async def test_a_failed_final_flush_at_cache_close_is_logged_and_close_goes_on(
+    redis_server_factory, caplog
+):
+    server = redis_server_factory(port=0)
+    cache = await Cache.connect(server.url, namespace="w")
+    w = cache.tickers.writer(flush_interval_ms=60_000)
+    await w.set(tick("A/USDT"), exchange="binance")
+    await w.set(tick("B/USDT"), exchange="binance")
+    lease = await cache.lock("held", ttl=30).acquire()
+    server.kill()
+    with caplog.at_level("WARNING", logger="tradecache.stores.tickers"):
+        await cache.close()
+    (record,) = [r for r in caplog.records if r.name == "tradecache.stores.tickers"]
+    assert "final flush failed" in record.getMessage()
+    assert "2 tickers" in record.getMessage()
+    assert record.error == "ConnectionLost"
+    assert w.stats().dropped == 2
+    assert not lease.held  # the rest of the shutdown ran

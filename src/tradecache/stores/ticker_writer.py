@@ -34,8 +34,9 @@ sequence number::
 * **Metrics.** Each flush is timed as ``tickers.writer.flush`` in
   ``cache.stats()``; :meth:`TickerWriter.stats` gives the counters.
 
-Close the writer before the cache (``async with`` does): the final flush needs
-the connection.
+Closing the cache closes (and so flushes) the writers still open; a final
+flush that fails there is logged, not raised. Close a writer yourself
+(``async with`` does) to see that error.
 """
 
 from __future__ import annotations
@@ -218,6 +219,7 @@ class TickerWriter:
         if self._closed:
             return
         self._closed = True
+        self._store._writers.discard(self)
         async with self._lock:
             # Holding the lock: the task is idle or waiting for it, never mid-write.
             await cancel_and_wait(self._task)

@@ -160,6 +160,7 @@ class TickCache:
         self._stale_after = ctx.settings.stale_after
         self._exchanges: dict[object, _Exchange] = {}
         self._hubs: dict[str, _Hub] = {}
+        self._writers: set[TickerWriter] = set()  # open ones: close() flushes them
         self._local = ctx.local_cache  # reads served from memory (local_cache.py), or None
 
     def __repr__(self) -> str:
@@ -289,7 +290,9 @@ class TickCache:
                 async for ticker in feed():
                     await w.set(ticker, exchange="binance")
         """
-        return TickerWriter(self, flush_interval_ms, max_batch)
+        writer = TickerWriter(self, flush_interval_ms, max_batch)
+        self._writers.add(writer)
+        return writer
 
     def _encoded(self, data: object, exchange: str | None) -> tuple[Ticker, _Exchange, bytes]:
         """Validate one input (as :meth:`set` does) and encode it as it is stored."""
@@ -592,10 +595,26 @@ class TickCache:
         return 0 if hub is None or not hub.started else hub.listeners
 
     async def close(self) -> None:
-        """Close every subscription of this store; its watchers and waiters stop.
+        """Flush and close the open writers, then close every subscription of this store.
+
+        Watchers and waiters stop. A writer whose final flush fails (Redis
+        unreachable) is logged as a warning with the number of tickers it
+        could not write; close goes on, so the rest of the shutdown still runs.
 
         Example: ``await cache.tickers.close()``
         """
+        writers, self._writers = list(self._writers), set()
+        for writer in writers:
+            try:
+                await writer.close()
+            except Exception as exc:
+                notes = "; ".join(getattr(exc, "__notes__", ()))
+                logger.warning(
+                    "tickers: an open writer's final flush failed: %s (%s)",
+                    exc,
+                    notes,
+                    extra={"error": type(exc).__name__},
+                )
         hubs, self._hubs = list(self._hubs.values()), {}
         for hub in hubs:
             await hub.close(TradecacheError("the ticker store was closed"))
