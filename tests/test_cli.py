@@ -144,3 +144,44 @@ def test_server_as_a_real_process_stops_on_ctrl_c(tmp_root: Path) -> None:
     assert "stopped" in proc.stderr.read()
     wait_until_sync(lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
     assert not list(tmp_root.iterdir())
+
+
+def test_server_sentinel_as_a_real_process(tmp_root: Path) -> None:
+    from tradecache.connection import parse_sentinel_url
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from tradecache.cli import main; main()", "server", "--sentinel"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    assert proc.stdout is not None
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        seen = [lines.get(timeout=60)]
+        while not seen[-1].startswith("REDIS_URL="):
+            seen.append(lines.get(timeout=60))
+        assert "Sentinel: 1 master, 1 replica(s), 3 sentinels" in "".join(seen)
+        url = seen[-1].strip().removeprefix("REDIS_URL=")
+        address = parse_sentinel_url(url)
+        assert (len(address.sentinels), address.service) == (3, "tradecache")
+        host, port = address.sentinels[0]
+        sentinel = redis.Redis(host=host, port=port, decode_responses=True)
+        master = sentinel.sentinel_master("tradecache")
+        assert master["num-slaves"] == 1
+        sentinel.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:  # pragma: no cover - only when the test already failed
+            proc.kill()
+            proc.wait()
+    assert "stopped" in proc.stderr.read()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("extra", [["--cluster"], ["--port", "0"]])
+def test_server_sentinel_rejects_cluster_and_port(extra: list[str]) -> None:
+    result = runner.invoke(commands.app, ["server", "--sentinel", *extra])
+    assert result.exit_code == 2
+    assert "--sentinel takes neither --cluster nor --port" in result.stderr

@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from ..server import (
     RedisClusterServer,
+    RedisSentinelServer,
     RedisServer,
     RedisServerError,
     find_redis_server,
@@ -79,19 +80,39 @@ def server(
     ] = None,
     masters: Annotated[int, typer.Option("--masters", min=1, help="Cluster masters.")] = 3,
     replicas: Annotated[
-        int, typer.Option("--replicas", min=0, help="Cluster replicas per master.")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--replicas",
+            min=0,
+            help="Replicas: per master of a cluster (default 0), of a Sentinel master (default 1).",
+        ),
+    ] = None,
+    sentinel: Annotated[
+        bool,
+        typer.Option(
+            "--sentinel",
+            help="Run a Sentinel topology: a master, its replicas and 3 sentinels (free ports).",
+        ),
+    ] = False,
 ) -> None:
     """Run an embedded, ephemeral Redis and print its URL until Ctrl-C."""
     out, err = _console(), _console(stderr=True)
+    if sentinel and (cluster or port is not None):
+        err.print("[red]tradecache server:[/] --sentinel takes neither --cluster nor --port")
+        raise typer.Exit(2)
     reap_stale()
     try:
         binary = find_redis_server()
     except RedisServerError as exc:
         err.print(f"[red]tradecache server:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    instance: RedisServer | RedisClusterServer
-    if cluster:
+    instance: RedisServer | RedisClusterServer | RedisSentinelServer
+    if sentinel:
+        replicas = 1 if replicas is None else replicas
+        instance = RedisSentinelServer(binary, replicas=replicas)
+        kind = f"Sentinel: 1 master, {replicas} replica(s), 3 sentinels"
+    elif cluster:
+        replicas = replicas or 0
         instance = RedisClusterServer(binary, masters=masters, replicas=replicas, port=port or 0)
         kind = f"cluster of {masters} masters, {replicas} replica(s) each"
     else:

@@ -938,8 +938,10 @@ balances, positions and bot status are one hash field per symbol or currency.
 
 ## Tools
 
-* `tradecache server [--port 0] [--cluster]` (the `cli` extra): an embedded
-  Redis, standalone or Cluster, until Ctrl-C; prints its URL.
+* `tradecache server [--port 0] [--cluster [--masters 3] [--replicas 0]]` or
+  `tradecache server --sentinel [--replicas 1]` (the `cli` extra): an embedded,
+  ephemeral Redis (standalone, Cluster, or a master with replicas and 3
+  sentinels) until Ctrl-C; prints its URL for `REDIS_URL`.
 * `tradecache bench [--quick] [--only SUITE] [--out STEM]` (the `cli` extra), or
   `python benchmarks/run_all.py` / `benchmarks/bench_<suite>.py [--url URL]` from a
   checkout: this library against raw redis-py (and the reference approach,
