@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -117,9 +118,11 @@ def test_server_cluster(monkeypatch: pytest.MonkeyPatch, tmp_root: Path) -> None
     assert not list(tmp_root.iterdir())
 
 
-def test_server_as_a_real_process_stops_on_ctrl_c(tmp_root: Path) -> None:
+@contextlib.contextmanager
+def _server_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """Run ``tradecache server *args`` as a real process; yield it, its banner and its URL."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from tradecache.cli import main; main()", "server", "--port", "0"],
+        [sys.executable, "-c", "from tradecache.cli import main; main()", "server", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -128,20 +131,29 @@ def test_server_as_a_real_process_stops_on_ctrl_c(tmp_root: Path) -> None:
     assert proc.stdout is not None
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
-        url = ""
-        while not url.startswith("REDIS_URL="):
-            url = lines.get(timeout=60)
-        client = redis.Redis.from_url(url.strip().removeprefix("REDIS_URL="))
+        banner = [lines.get(timeout=60)]
+        while not banner[-1].startswith("REDIS_URL="):
+            banner.append(lines.get(timeout=60))
+        yield proc, "".join(banner), banner[-1].strip().removeprefix("REDIS_URL=")
+    finally:
+        proc.kill()  # a no-op once it stopped by itself
+        proc.wait()
+
+
+def _stop_with_ctrl_c(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+    assert proc.stderr is not None
+    assert "stopped" in proc.stderr.read()
+
+
+def test_server_as_a_real_process_stops_on_ctrl_c(tmp_root: Path) -> None:
+    with _server_process("--port", "0") as (proc, _, url):
+        client = redis.Redis.from_url(url)
         pid = client.info("server")["process_id"]
         assert client.ping()
         client.close()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.stderr is not None
-    assert "stopped" in proc.stderr.read()
+        _stop_with_ctrl_c(proc)
     wait_until_sync(lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
     assert not list(tmp_root.iterdir())
 
@@ -149,35 +161,16 @@ def test_server_as_a_real_process_stops_on_ctrl_c(tmp_root: Path) -> None:
 def test_server_sentinel_as_a_real_process(tmp_root: Path) -> None:
     from tradecache.connection import parse_sentinel_url
 
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from tradecache.cli import main; main()", "server", "--sentinel"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    try:
-        seen = [lines.get(timeout=60)]
-        while not seen[-1].startswith("REDIS_URL="):
-            seen.append(lines.get(timeout=60))
-        assert "Sentinel: 1 master, 1 replica(s), 3 sentinels" in "".join(seen)
-        url = seen[-1].strip().removeprefix("REDIS_URL=")
+    with _server_process("--sentinel") as (proc, banner, url):
+        assert "Sentinel: 1 master, 1 replica(s), 3 sentinels" in banner
         address = parse_sentinel_url(url)
         assert (len(address.sentinels), address.service) == (3, "tradecache")
         host, port = address.sentinels[0]
         sentinel = redis.Redis(host=host, port=port, decode_responses=True)
-        master = sentinel.sentinel_master("tradecache")
-        assert master["num-slaves"] == 1
+        assert sentinel.sentinel_master("tradecache")["num-slaves"] == 1
         sentinel.close()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:  # pragma: no cover - only when the test already failed
-            proc.kill()
-            proc.wait()
-    assert "stopped" in proc.stderr.read()  # type: ignore[union-attr]
+        _stop_with_ctrl_c(proc)
+    assert not list(tmp_root.iterdir())
 
 
 @pytest.mark.parametrize("extra", [["--cluster"], ["--port", "0"]])
