@@ -19,7 +19,13 @@ from redis.cluster import key_slot
 
 from tradecache import Cache, ConnectionLost, NotReplicated, ValidationError
 from tradecache.errors import Claimed, TradecacheError
-from tradecache.replication import check_replicas, refresh_routing, run_replicated
+from tradecache.replication import (
+    Call,
+    check_replicas,
+    refresh_routing,
+    run_replicated,
+    run_replicated_many,
+)
 from tradecache.scripts import Script
 from tradecache.server import RedisClusterServer, RedisServer
 from tradecache.testing import wait_until
@@ -99,6 +105,25 @@ async def test_wait_replicas_confirms_a_lock_claim_and_order(standalone: Cache) 
     assert pushed
 
 
+async def test_wait_replicas_confirms_many_trades_of_many_exchanges(standalone: Cache) -> None:
+    cache = standalone
+    with pytest.raises(ValidationError, match="wait_replicas"):
+        await cache.trades.push_many([trade(1)], "ex", wait_replicas=-1)
+    assert await cache.trades.push_many([], "ex", wait_replicas=1) == 0
+    await cache.client.script_flush()  # the scripts are reloaded in the same round trip
+    batch = [
+        {**trade(1), "exchange": "ex"},
+        {**trade(2), "exchange": "ex", "symbol": "ETH/USDT"},
+        {**trade(3), "exchange": "ex"},
+        {**trade(4), "exchange": "other"},
+    ]
+    assert await cache.trades.push_many(batch, wait_replicas=1) == 4
+    assert [t.id for t in await cache.trades.recent("ex", "BTC/USDT")] == ["1", "3"]
+    assert [t.id for t in await cache.trades.recent("ex", "ETH/USDT")] == ["2"]
+    assert [t.id for t in await cache.trades.recent("other", "BTC/USDT")] == ["4"]
+    assert await cache.client.smembers(cache.keys.trade_exchanges()) == {b"ex", b"other"}
+
+
 async def test_too_few_replicas_release_the_lock_and_raise(
     standalone: Cache, impatient: Cache, primary: tuple[RedisServer, RedisServer]
 ) -> None:
@@ -121,6 +146,10 @@ async def test_too_few_replicas_release_the_lock_and_raise(
         with pytest.raises(NotReplicated) as pushed:
             await cache.trades.push(trade(2), exchange="ex", wait_replicas=1)
         assert pushed.value.reply  # appended on the master: its entry id
+        with pytest.raises(NotReplicated) as many:
+            await cache.trades.push_many([trade(3), trade(4)], "ex2", wait_replicas=1)
+        assert len(many.value.reply) == 1  # one stream: its last entry id
+        assert [t.id for t in await cache.trades.recent("ex2", "BTC/USDT")] == ["3", "4"]
     finally:
         replica.resume()
     # A retry is idempotent and waits again: now confirmed, same entry.
@@ -196,6 +225,10 @@ async def test_run_replicated_reloads_lost_scripts_and_raises_errors(standalone:
     failing = Script("t_fail", source="return redis.error_reply('boom')")
     with pytest.raises(TradecacheError, match="boom"):
         await run_replicated(cache.client, "k", failing, ["k"], [], replicas=1, timeout=1)
+    calls: list[Call] = [(failing, ["k"], []), (script, ["k"], ["after"])]
+    with pytest.raises(TradecacheError, match="boom"):
+        await run_replicated_many(client, "k", calls, replicas=1, timeout=PATIENT)
+    assert await client.get("k") == b"after"  # raised once every call ran
     await refresh_routing(cache.client, "k")  # a no-op off a Cluster
 
 

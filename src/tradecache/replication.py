@@ -44,7 +44,7 @@ from .connection import send_commands
 from .errors import ConnectionLost, NotReplicated, ValidationError, redis_errors
 from .scripts import Arg, Script
 
-__all__ = ["check_replicas", "refresh_routing", "run_replicated"]
+__all__ = ["Call", "check_replicas", "refresh_routing", "run_replicated", "run_replicated_many"]
 
 _MAX_REPLICAS = 16
 
@@ -97,6 +97,10 @@ async def _release(pool: Any, connection: Any) -> None:
         await pool.release(connection)
 
 
+#: One script call of :func:`run_replicated_many`: ``(script, keys, args)``.
+Call = tuple[Script, Sequence[str], Sequence[Arg]]
+
+
 @redis_errors
 async def run_replicated(
     client: Any,
@@ -121,29 +125,78 @@ async def run_replicated(
         reply = await run_replicated(cache.client, key, SUBMIT, [queue, marker], args,
                                      replicas=1, timeout=0.5)
     """
-    timeout_ms = max(1, math.ceil(timeout * 1000))
+    (reply,), acked = await _replicated(client, key, [(script, keys, args)], replicas, timeout)
+    if acked < replicas:
+        raise NotReplicated(acked, replicas, reply)
+    return reply
+
+
+@redis_errors
+async def run_replicated_many(
+    client: Any,
+    key: str,
+    calls: Sequence[Call],
+    *,
+    replicas: int,
+    timeout: float,  # noqa: ASYNC109 - WAIT's own timeout, sent to the server
+) -> list[Any]:
+    """:func:`run_replicated` for several script calls, in one round trip and one ``WAIT``.
+
+    Every call's keys must live in ``key``'s slot (share its hash tag). Returns
+    the replies in order; :class:`~tradecache.errors.NotReplicated` carries
+    them all as its ``reply``. An error reply of one call is raised after
+    every call ran. Calls the server had no script for (``NOSCRIPT``, after a
+    restart or a failover) are sent again as ``EVAL``, after the others.
+
+    Example::
+
+        replies = await run_replicated_many(cache.client, stream, [(PUSH, k1, a1), (PUSH, k2, a2)],
+                                            replicas=1, timeout=0.5)
+    """
+    replies, acked = await _replicated(client, key, calls, replicas, timeout)
+    if acked < replicas:
+        raise NotReplicated(acked, replicas, replies)
+    return replies
+
+
+def _eval(call: Call, *, by_sha: bool) -> tuple[Arg, ...]:
+    script, keys, args = call
+    if by_sha:
+        return ("EVALSHA", script.sha, len(keys), *keys, *args)
+    return ("EVAL", script.source, len(keys), *keys, *args)
+
+
+async def _connection_for(client: Any, key: str) -> tuple[Any, Any]:
+    """A connection to ``key``'s master, and the pool to give it back to."""
     if isinstance(client, RedisCluster):
-        pool: Any
+        node: Any
         try:
-            pool = client.get_node_from_key(key)
+            node = client.get_node_from_key(key)
         except SlotNotCoveredError:  # no slot table yet (or a stale one): load it
             await client.initialize()
-            pool = client.get_node_from_key(key)  # still uncovered: ConnectionLost
-        connection = pool.acquire_connection()
-    else:
-        pool = client.connection_pool
-        connection = await pool.get_connection()
-    read_timeout = timeout + (connection.socket_timeout or 1.0)
+            node = client.get_node_from_key(key)  # still uncovered: ConnectionLost
+        return node, node.acquire_connection()
+    return client.connection_pool, await client.connection_pool.get_connection()
+
+
+async def _replicated(
+    client: Any, key: str, calls: Sequence[Call], replicas: int, wait_timeout: float
+) -> tuple[list[Any], int]:
+    """Send ``calls`` then ``WAIT replicas timeout`` on one connection: (replies, acked)."""
+    timeout_ms = max(1, math.ceil(wait_timeout * 1000))
+    pool, connection = await _connection_for(client, key)
+    read_timeout = wait_timeout + (connection.socket_timeout or 1.0)
     wait = ("WAIT", replicas, timeout_ms)
     try:
-        reply, acked = await _exchange(
-            connection, [("EVALSHA", script.sha, len(keys), *keys, *args), wait], read_timeout
-        )
-        if isinstance(reply, NoScriptError):
-            # A server that lost its script cache (restart, failover): it did not run.
-            reply, acked = await _exchange(
-                connection, [("EVAL", script.source, len(keys), *keys, *args), wait], read_timeout
-            )
+        commands = [_eval(call, by_sha=True) for call in calls]
+        *replies, acked = await _exchange(connection, [*commands, wait], read_timeout)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            # A server that lost its script cache (restart, failover): those did not run.
+            commands = [_eval(calls[i], by_sha=False) for i in missing]
+            *rerun, acked = await _exchange(connection, [*commands, wait], read_timeout)
+            for i, reply in zip(missing, rerun, strict=True):
+                replies[i] = reply
     except BaseException as exc:
         # Cancelled or failed mid-exchange: a late reply must not reach the next user.
         await connection.disconnect(nowait=True)
@@ -152,13 +205,11 @@ async def run_replicated(
             await refresh_routing(client, key)  # the node may be gone (a failover)
         raise
     await _release(pool, connection)
-    if isinstance(reply, ResponseError):
+    for reply in replies:
         if isinstance(reply, MovedError | AskError):
             await refresh_routing(client, key)
             raise ConnectionLost(f"slot of {key!r} moved (failover?): {reply}")
-        raise reply
-    if isinstance(acked, ResponseError):
-        raise acked
-    if acked < replicas:
-        raise NotReplicated(acked, replicas, reply)
-    return reply
+    for reply in (*replies, acked):
+        if isinstance(reply, ResponseError):
+            raise reply
+    return replies, acked

@@ -896,10 +896,11 @@ What each primitive guarantees when the master holding it fails:
 * **Trade** (`cache.trades.push`). Without `wait_replicas` trades pushed in
   the last milliseconds before the master died may be lost from *that*
   shard's streams (re-fetch them from the exchange); streams on other shards
-  lose nothing. `cache.trades.push(trade, exchange, wait_replicas=1)` (per
-  call; the setting does not apply to trades) confirms a trade like an order;
-  on `NotReplicated` the trade is appended on the master, and pushing it again
-  appends it twice.
+  lose nothing. `cache.trades.push(trade, exchange, wait_replicas=1)` and
+  `cache.trades.push_many(trades, exchange, wait_replicas=1)` (per call; the
+  setting does not apply to trades; `push_many` sends one `WAIT` per exchange)
+  confirm trades like an order; on `NotReplicated` the trades are appended on
+  the master, and pushing them again appends them twice.
 * **Tickers, candles, balances**: last-writer-wins snapshots; the next update
   after the failover repairs them.
 

@@ -35,6 +35,7 @@ Keys (every stream of one exchange shares the slot ``{exchange}``, so one
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime
 from typing import Any
@@ -44,8 +45,8 @@ from ..errors import ValidationError, redis_errors
 from ..keys import validate_exchange, validate_part, validate_symbol
 from ..metrics import instrumented
 from ..models import Trade, from_ms
-from ..replication import check_replicas, run_replicated
-from ..scripts import Script, ScriptBatch
+from ..replication import Call, check_replicas, run_replicated, run_replicated_many
+from ..scripts import Arg, Script, ScriptBatch
 from ._input import to_model
 from .streams import Delivery, StreamGroups, decode_id
 
@@ -115,10 +116,10 @@ class TradesCache:
         if check_replicas(wait_replicas):
             # The index of exchanges lives in another slot: written first, on its own.
             await self.client.sadd(self.keys.trade_exchanges(), item.exchange)
-            stream = self.keys.trades(item.exchange, item.symbol)
+            payload = self.codec.encode(item)
+            script, keys, args = self._push_call(item.exchange, item.symbol, [payload])
             entry = await run_replicated(
-                self.client, stream, _PUSH, [stream, self.keys.trade_symbols(item.exchange)],
-                [self.settings.stream_maxlen, item.symbol, self.codec.encode(item)],
+                self.client, keys[0], script, keys, args,
                 replicas=wait_replicas, timeout=self.settings.wait_replicas_timeout,
             )  # fmt: skip
             return decode_id(entry)
@@ -128,15 +129,27 @@ class TradesCache:
 
     @instrumented("trades.push_many")
     @redis_errors
-    async def push_many(self, trades: Iterable[TradeInput], exchange: str | None = None) -> int:
+    async def push_many(
+        self, trades: Iterable[TradeInput], exchange: str | None = None, *, wait_replicas: int = 0
+    ) -> int:
         """Append many public trades in one round trip; return how many were added.
 
         Every trade is validated first: one bad trade raises ``ValidationError``
         and nothing is written. Accepts ``watch_trades()`` / ``fetch_trades()``
         lists as they come.
 
+        ``wait_replicas=n`` returns only once ``n`` replicas have every trade
+        (one ``WAIT`` per exchange, the exchanges in parallel): a failover
+        cannot lose them. Fewer in time raise
+        :class:`~tradecache.errors.NotReplicated` with the trades appended on
+        their master (``reply``: the last entry id of each stream of the
+        exchange that fell short); pushing them again would append them
+        twice. Every exchange is tried; the first one's failure
+        (``NotReplicated``, ``ConnectionLost``) is raised.
+
         Example: ``await cache.trades.push_many(await ex.watch_trades("BTC/USDT"), "binance")``
         """
+        replicas = check_replicas(wait_replicas)
         streams: dict[tuple[str, str], list[bytes]] = {}
         for index, trade in enumerate(trades):
             try:
@@ -147,20 +160,45 @@ class TradesCache:
             streams.setdefault((item.exchange, item.symbol), []).append(self.codec.encode(item))
         if not streams:
             return 0
-        batch = ScriptBatch(self.client)
-        for (ex, symbol), payloads in streams.items():
-            self._queue_public(batch, ex, symbol, payloads)
-        await batch.execute()
+        if replicas:
+            await self._push_replicated(streams, replicas)
+        else:
+            batch = ScriptBatch(self.client)
+            for (ex, symbol), payloads in streams.items():
+                self._queue_public(batch, ex, symbol, payloads)
+            await batch.execute()
         return sum(len(payloads) for payloads in streams.values())
+
+    async def _push_replicated(
+        self, streams: dict[tuple[str, str], list[bytes]], replicas: int
+    ) -> None:
+        calls: dict[str, list[Call]] = {}  # per exchange: its streams share one slot
+        for (ex, symbol), payloads in streams.items():
+            calls.setdefault(ex, []).append(self._push_call(ex, symbol, payloads))
+        # The index of exchanges lives in another slot: written first, on its own.
+        await self.client.sadd(self.keys.trade_exchanges(), *calls)
+        timeout = self.settings.wait_replicas_timeout
+        pushes = [  # routed by the exchange's index of symbols: the slot of its streams
+            run_replicated_many(
+                self.client, self.keys.trade_symbols(ex), group, replicas=replicas, timeout=timeout
+            )
+            for ex, group in calls.items()
+        ]
+        outcomes = await asyncio.gather(*pushes, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    def _push_call(self, exchange: str, symbol: str, payloads: list[bytes]) -> Call:
+        """The script call appending ``payloads`` to a stream (and indexing its symbol)."""
+        keys = [self.keys.trades(exchange, symbol), self.keys.trade_symbols(exchange)]
+        args: list[Arg] = [self.settings.stream_maxlen, symbol, *payloads]
+        return _PUSH, keys, args
 
     def _queue_public(
         self, batch: ScriptBatch, exchange: str, symbol: str, payloads: list[bytes]
     ) -> None:
-        batch.call(
-            _PUSH,
-            keys=[self.keys.trades(exchange, symbol), self.keys.trade_symbols(exchange)],
-            args=[self.settings.stream_maxlen, symbol, *payloads],
-        )
+        batch.call(*self._push_call(exchange, symbol, payloads))
         batch.pipe.sadd(self.keys.trade_exchanges(), exchange)
 
     # --- public trades: read -------------------------------------------------------------------
