@@ -59,12 +59,12 @@ async def test_standalone_client_uses_a_blocking_pool(redis_url):
 
 async def test_unix_and_tls_urls_pick_their_connection_class(tmp_path):
     unix = create_client(f"unix://{tmp_path}/r.sock?db=2")
-    assert unix.connection_pool.connection_class is UnixDomainSocketConnection
+    assert issubclass(unix.connection_pool.connection_class, UnixDomainSocketConnection)
     tls = create_client(
         "rediss://:pw@localhost:6380/0",
         settings=Settings(ssl_ca_certs="/nonexistent/ca.pem", ssl_cert_reqs="none"),
     )
-    assert tls.connection_pool.connection_class is SSLConnection
+    assert issubclass(tls.connection_pool.connection_class, SSLConnection)
     assert tls.connection_pool.connection_kwargs["ssl_ca_certs"] == "/nonexistent/ca.pem"
     assert "pw" not in repr(tls)
     await unix.aclose()
@@ -204,3 +204,45 @@ async def test_send_commands_is_bounded_by_the_socket_timeout(redis_server_facto
         server.resume()
         await conn.disconnect()
         await client.aclose()
+
+
+async def test_a_user_loop_of_cache_calls_always_ends_on_one_cancel(cache) -> None:
+    """On Python 3.11 redis-py's write (``wait_for``) dropped one such cancellation in about six."""
+    import asyncio
+
+    from tradecache.testing import wait_until
+
+    calls = 0
+
+    async def loop() -> None:
+        nonlocal calls
+        while True:
+            await cache.client.set("tc-loop", calls)
+            calls += 1
+
+    for skip in range(60):
+        task = asyncio.create_task(loop())
+        started = calls
+        await wait_until(lambda s=started: calls > s + 2, timeout=10)  # its calls are going on
+        for _ in range(skip % 7):  # then cancelled at a different point of a call each time
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert done == {task} and task.cancelled()
+
+
+async def test_a_pooled_write_is_bounded_by_the_socket_timeout(redis_server_factory) -> None:
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    server = redis_server_factory(port=0)
+    async with Cache.connect(server.url, namespace="w", socket_timeout=0.3) as cache:
+        await cache.ping()
+        server.pause()  # reads nothing: a large write fills the socket buffers and waits
+        try:
+            started = time.monotonic()
+            with pytest.raises(RedisTimeoutError):  # the raw client: redis-py's error
+                await cache.client.set("big", b"x" * (64 * 2**20))
+            assert time.monotonic() - started < 5
+        finally:
+            server.resume()
+        assert await cache.ping() > 0  # and the pool works again

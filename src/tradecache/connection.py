@@ -165,7 +165,13 @@ def _cluster_client(url: str, settings: Settings) -> RedisCluster:
     # MOVED/ASK/CLUSTERDOWN, so a dead cluster fails inside the latency budget.
     # redis-py's cluster pool raises MaxConnectionsError instead of waiting
     # for a free connection, so it gets its own, larger per-node cap.
-    return RedisCluster.from_url(url, max_connections=settings.cluster_pool_size, **kwargs)
+    client = RedisCluster.from_url(url, max_connections=settings.cluster_pool_size, **kwargs)
+    # Every node (the seeds here, those discovered later) is built from these kwargs.
+    node_kwargs = client.nodes_manager.connection_kwargs
+    node_kwargs["connection_class"] = _with_bounded_writes(node_kwargs["connection_class"])
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = node_kwargs["connection_class"]
+    return client
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -249,6 +255,8 @@ def _sentinel_client(url: str, settings: Settings) -> Redis:
         max_connections=settings.pool_size,
         timeout=settings.pool_timeout,
     )
+    pool = client.connection_pool
+    pool.connection_class = _with_bounded_writes(pool.connection_class)
     return client
 
 
@@ -262,6 +270,7 @@ def _standalone_client(url: str, settings: Settings) -> Redis:
         timeout=settings.pool_timeout,
         **kwargs,
     )
+    pool.connection_class = _with_bounded_writes(pool.connection_class)
     return Redis.from_pool(pool)
 
 
@@ -319,17 +328,56 @@ async def send_commands(connection: Any, *commands: Sequence[Any]) -> None:
     renewal, a subscription reader) could outlive ``task.cancel()``, and
     ``asyncio.run()`` would wait for it forever at shutdown. A write that takes
     longer than the connection's socket timeout raises redis-py's
-    ``TimeoutError`` and drops the connection.
+    ``TimeoutError`` and drops the connection. (The clients that
+    :func:`create_client` builds write this way on every connection.)
 
     Example: ``await send_commands(conn, ("SUBSCRIBE", "a", "b"), ("PING",))``
     """
+    packed = connection.pack_commands(commands)
+    await _write_bounded(connection, connection.send_packed_command, packed, False)
+
+
+async def _write_bounded(connection: Any, send: Any, command: Any, check_health: bool) -> None:
+    """``send(command, check_health)`` under :func:`asyncio.timeout`, not ``wait_for``."""
     limit = connection.socket_timeout
+    if not limit:  # no bound: redis-py writes without wait_for already
+        await send(command, check_health)
+        return
+    if not connection.is_connected:
+        # As redis-py connects here: bounded by the connect and socket timeouts, with its retry.
+        await connection.connect_check_health(check_health=False)
     connection.socket_timeout = None  # redis-py writes without wait_for when it has none
     try:
         async with asyncio.timeout(limit):
-            await connection.send_packed_command(connection.pack_commands(commands), False)
+            await send(command, check_health)
     except TimeoutError:
         await connection.disconnect(nowait=True)
         raise RedisTimeoutError(f"no write to Redis within the socket timeout ({limit}s)") from None
     finally:
         connection.socket_timeout = limit
+
+
+class _BoundedWrites:
+    """Mixed into redis-py's connection classes: every write goes through :func:`_write_bounded`.
+
+    Without it a user's own loop of cache calls, cancelled once on Python
+    3.11, may survive the cancellation (the write's ``wait_for`` drops it;
+    8 to 35 loops of 200 did), and ``asyncio.run()`` or a ``TaskGroup`` waits
+    for that loop forever.
+    """
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        send = super().send_packed_command  # type: ignore[misc]
+        await _write_bounded(self, send, command, check_health)
+
+
+_BOUNDED: dict[type[Any], type[Any]] = {}
+
+
+def _with_bounded_writes(cls: type[Any]) -> type[Any]:
+    """``cls`` with :class:`_BoundedWrites` mixed in (same name and module, for reprs)."""
+    bounded = _BOUNDED.get(cls)
+    if bounded is None:
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        bounded = _BOUNDED[cls] = type(cls.__name__, (_BoundedWrites, cls), namespace)
+    return bounded

@@ -823,6 +823,15 @@ Lower `socket_timeout` for a hot path that must fail fast (`0.25`), and
 keep it above your slowest expected command. Blocking reads (consumers,
 waiters) are sliced below it.
 
+Cancelling a task that is inside a cache call cancels the call: the clients
+that `Cache.connect` builds bound their socket writes with `asyncio.timeout`,
+not redis-py's `asyncio.wait_for`, which on Python 3.11 drops a cancellation
+that arrives while a write completes: with a plain redis-py client, 8 to 35
+of 200 loops of calls, each cancelled once, went on running (measured on
+Python 3.11.7; none on 3.12.1), and `asyncio.run()` or a `TaskGroup` waits
+for such a loop forever. A client you pass in yourself
+(`Cache.connect(client=...)`) keeps redis-py's behaviour.
+
 ## Server requirements
 
 * Redis 6.2 or later; 7.0+ enables sharded pub/sub on a Cluster.
