@@ -400,8 +400,8 @@ class _Run:
         payload = b"x" * 64
         calls = iter(range(load))
         loop = asyncio.get_running_loop()
-        # The load stops itself within the budget: on Python 3.11 redis-py's writes go
-        # through asyncio.wait_for, which can swallow the budget's cancellation.
+        # The load stops itself within the budget: on Python 3.11 a client passed in
+        # writes through asyncio.wait_for, which can swallow the budget's cancellation.
         limit = 0.8 * self.timeout
         deadline = loop.time() + limit
 
