@@ -659,6 +659,9 @@ async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
     cache = impatient
     _, replica = primary
     script = Script("t_set2", source="return redis.call('SET', KEYS[1], ARGV[1])")
+    # Loaded first: a NOSCRIPT round's WAIT may block too (when the connection wrote before
+    # and the replica had not acknowledged that yet), and cancelling it there sets nothing.
+    await cache.client.script_load(script.source)
     replica.pause()
     try:
         task = asyncio.create_task(
@@ -675,7 +678,7 @@ async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
 
 async def _waiting_clients(cache: Cache) -> bool:
     clients = await cache.client.client_list()
-    # Blocked ("b"), not just last seen running WAIT: the NOSCRIPT round's WAIT returns at once.
+    # Blocked ("b"), not just last seen running WAIT (one that already returned).
     return any(client.get("cmd") == "wait" and "b" in client.get("flags", "") for client in clients)
 
 
