@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -247,6 +248,14 @@ async def test_an_outage_during_a_flush_is_reported_by_the_next_call(redis_serve
         assert (await cache.tickers.get("binance", "Z/USDT")).last == 9.0
 
 
+def _store_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.name == "tradecache.stores.tickers" and r.levelno >= logging.WARNING
+    ]
+
+
 async def test_closing_the_cache_flushes_the_writers_still_open(cache_factory, caplog):
     writer_cache, reader = await cache_factory(), await cache_factory()
     open_one = writer_cache.tickers.writer(flush_interval_ms=60_000)
@@ -258,7 +267,7 @@ async def test_closing_the_cache_flushes_the_writers_still_open(cache_factory, c
     assert open_one.stats().written == 1
     with pytest.raises(TradecacheError, match="closed"):
         await open_one.set(tick("BTC/USDT", 6.0), exchange="binance")
-    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert not _store_warnings(caplog)
 
 
 async def test_a_failed_final_flush_at_cache_close_is_logged_and_close_goes_on(
@@ -273,7 +282,7 @@ async def test_a_failed_final_flush_at_cache_close_is_logged_and_close_goes_on(
     server.kill()
     with caplog.at_level("WARNING", logger="tradecache.stores.tickers"):
         await cache.close()
-    (record,) = [r for r in caplog.records if r.name == "tradecache.stores.tickers"]
+    (record,) = _store_warnings(caplog)
     assert "final flush failed" in record.getMessage()
     assert "2 tickers" in record.getMessage()
     assert record.error == "ConnectionLost"
