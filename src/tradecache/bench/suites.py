@@ -56,6 +56,7 @@ from typing import Any, Final
 
 import msgspec
 import redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.lock import Lock as RedisPyLock
 
 from .._tasks import cancel_and_wait
@@ -291,6 +292,64 @@ async def local_cache(bench: Bench) -> list[Case | Probe]:
         return 1
 
     return [Case(name, ours, raw, "reads", goal=goal)]
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+@suite("client", "one command through the client tradecache builds vs a stock redis-py client")
+async def client(bench: Bench) -> list[Case | Probe]:
+    """GET and SET on our client vs ``redis.asyncio.Redis.from_url`` with the same socket timeout.
+
+    The same commands on the same server; what differs is how the client is
+    built: ours has a blocking pool, a small bounded retry, and bounds each
+    write with ``asyncio.timeout`` where redis-py uses ``asyncio.wait_for``
+    (which on Python 3.11 also drops cancellations; see ``connection.py``).
+    """
+    timeout = bench.cache.settings.socket_timeout
+    stock = Redis.from_url(bench.url, socket_timeout=timeout)
+    # The same pool as ours, so that the write path is the one difference left.
+    pool = BlockingConnectionPool.from_url(bench.url, socket_timeout=timeout)
+    stock_blocking = Redis.from_pool(pool)
+    bench.stack.push_async_callback(stock.aclose)
+    bench.stack.push_async_callback(stock_blocking.aclose)
+    ours_client = bench.client
+    key = bench.key("client")
+    value = b"x" * 64
+    await ours_client.set(key, value)
+    baseline = "stock redis-py client"
+
+    async def ours_get() -> int:
+        await ours_client.get(key)
+        return 1
+
+    async def stock_get() -> int:
+        await stock.get(key)
+        return 1
+
+    async def stock_blocking_get() -> int:
+        await stock_blocking.get(key)
+        return 1
+
+    async def ours_set() -> int:
+        await ours_client.set(key, value)
+        return 1
+
+    async def stock_set() -> int:
+        await stock.set(key, value)
+        return 1
+
+    return [
+        Case("GET vs stock client", ours_get, stock_get, "commands", baseline),
+        Case("SET vs stock client", ours_set, stock_set, "commands", baseline),
+        Case(
+            "GET vs stock client with a blocking pool",
+            ours_get,
+            stock_blocking_get,
+            "commands",
+            "stock redis-py client, BlockingConnectionPool",
+        ),
+    ]
 
 
 # --- orders -----------------------------------------------------------------------------------
