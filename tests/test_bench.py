@@ -490,3 +490,22 @@ def test_pool_reports_failures_and_always_stops_its_workers(redis_url: str) -> N
     with pytest.raises(WorkerError, match="no reply"), pool:
         pass  # pragma: no cover - no worker is ready at once
     assert not pool._processes[0].is_alive()
+
+
+async def test_client_suite_compares_with_a_stock_client(redis_url: str) -> None:
+    report = await run_report(redis_url, select(["client"]), rounds=1, slice_s=0.001)
+    rows = {row.case: row for row in report.rows}
+    assert set(rows) == {
+        "GET vs stock client",
+        "SET vs stock client",
+        "GET vs stock client with a blocking pool",
+    }
+    assert all(row.ours and row.raw and row.ratio for row in rows.values())
+    assert rows["GET vs stock client"].baseline == "stock redis-py client"
+
+
+async def test_client_suite_on_sentinel_is_skipped(redis_sentinel_factory: Any) -> None:
+    sentinel = redis_sentinel_factory()
+    report = await run_report(sentinel.url, select(["client"]), rounds=1, slice_s=0.001)
+    [row] = report.rows
+    assert row.ours is None and "redis://" in (row.note or "")
