@@ -307,7 +307,7 @@ async def client(bench: Bench) -> list[Case | Probe]:
     (which on Python 3.11 also drops cancellations; see ``connection.py``).
     """
     if not bench.url.startswith(("redis://", "rediss://", "unix://")):
-        return [skipped("GET vs stock client", "a stock client needs a redis://, unix:// URL")]
+        return [skipped("GET vs stock client", "a stock client needs a redis(s):// or unix:// URL")]
     timeout = bench.cache.settings.socket_timeout
     stock = Redis.from_url(bench.url, socket_timeout=timeout)
     # The same pool as ours, so that the write path is the one difference left.
