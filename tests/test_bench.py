@@ -508,4 +508,4 @@ async def test_client_suite_on_sentinel_is_skipped(redis_sentinel_factory: Any) 
     sentinel = redis_sentinel_factory()
     report = await run_report(sentinel.url, select(["client"]), rounds=1, slice_s=0.001)
     [row] = report.rows
-    assert row.ours is None and "redis://" in (row.note or "")
+    assert row.ours is None and "unix://" in (row.note or "")
