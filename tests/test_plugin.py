@@ -235,7 +235,8 @@ def test_sigkill_of_pytest_leaves_no_redis_server(
         stdout=subprocess.DEVNULL,
     )
     try:
-        wait_until_sync(lambda: len(list(out.iterdir())) == 2, timeout=120, message="both held")
+        # Written, not just created: a file exists (empty) before its record is in it.
+        wait_until_sync(lambda: _records_written(out, 2), timeout=120, message="both held")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -500,3 +501,8 @@ def test_small_helpers() -> None:
     assert _glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
     endpoint = Endpoint("redis://h:1/0", "standalone", (7, 0, 0), owned=True)
     assert not endpoint.is_cluster
+
+
+def _records_written(out: Path, count: int) -> bool:
+    texts = [path.read_text() for path in out.iterdir()]
+    return len(texts) == count and all(text.endswith("}") for text in texts)
