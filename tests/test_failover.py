@@ -676,6 +676,33 @@ async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
     assert await cache.client.get("k") == b"v"  # the pool is in step: no late WAIT reply
 
 
+async def test_a_master_stalled_during_wait_raises_connection_lost(
+    impatient: Cache, primary: tuple[RedisServer, RedisServer]
+) -> None:
+    """The WAIT reply never comes (the master is stopped mid-WAIT): ConnectionLost, in time."""
+    cache = impatient
+    master, replica = primary
+    script = Script("t_set3", source="return redis.call('SET', KEYS[1], ARGV[1])")
+    await cache.client.script_load(script.source)
+    replica.pause()  # WAIT blocks: the replica acknowledges nothing
+    try:
+        task = asyncio.create_task(
+            run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=0.5)
+        )
+        await wait_until(lambda: _waiting_clients(cache), timeout=10, message="WAIT blocked")
+        master.pause()  # and its timeout's reply is never sent
+        started = time.monotonic()
+        try:
+            with pytest.raises(ConnectionLost, match="WAIT"):
+                await task
+            assert time.monotonic() - started < 5  # WAIT's timeout plus the socket timeout
+        finally:
+            master.resume()
+    finally:
+        replica.resume()
+    assert await cache.client.get("k") == b"v"  # the late reply did not reach the pool
+
+
 async def _waiting_clients(cache: Cache) -> bool:
     clients = await cache.client.client_list()
     # Blocked ("b"), not just last seen running WAIT (one that already returned).

@@ -39,6 +39,7 @@ from redis.exceptions import (
     ResponseError,
     SlotNotCoveredError,
 )
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .connection import send_commands
 from .errors import ConnectionLost, NotReplicated, ValidationError, redis_errors
@@ -84,9 +85,12 @@ async def _exchange(
     for index in range(len(commands)):
         last = index == len(commands) - 1
         try:
-            replies.append(await connection.read_response(timeout=wait_read if last else None))
+            reply = await connection.read_response(timeout=wait_read if last else None)
         except ResponseError as exc:
-            replies.append(exc)
+            reply = exc
+        if last and reply is None:  # redis-py's way of saying a read given a timeout ran out
+            raise RedisTimeoutError(f"no reply to WAIT within {wait_read:g}s")
+        replies.append(reply)
     return replies
 
 
