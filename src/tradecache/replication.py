@@ -79,19 +79,27 @@ async def refresh_routing(client: Any, key: str) -> None:
 async def _exchange(
     connection: Any, commands: list[tuple[Arg, ...]], wait_read: float
 ) -> list[Any]:
-    """Send ``commands`` in one write and read every reply (error replies as values)."""
+    """Send ``commands`` in one write and read every reply (error replies as values).
+
+    The last command is a ``WAIT``: its reply is read within ``wait_read`` seconds.
+    """
     await send_commands(connection, *commands)
-    replies: list[Any] = []
-    for index in range(len(commands)):
-        last = index == len(commands) - 1
-        try:
-            reply = await connection.read_response(timeout=wait_read if last else None)
-        except ResponseError as exc:
-            reply = exc
-        if last and reply is None:  # redis-py's way of saying a read given a timeout ran out
-            raise RedisTimeoutError(f"no reply to WAIT within {wait_read:g}s")
-        replies.append(reply)
-    return replies
+    replies = [await _reply(connection, None) for _ in commands[:-1]]
+    return [*replies, _checked_wait(await _reply(connection, wait_read), wait_read)]
+
+
+async def _reply(connection: Any, read_timeout: float | None) -> Any:
+    try:
+        return await connection.read_response(timeout=read_timeout)
+    except ResponseError as exc:
+        return exc
+
+
+def _checked_wait(reply: Any, wait_read: float) -> Any:
+    # redis-py returns None when a read given a timeout runs out (a master stalled mid-WAIT).
+    if reply is None:
+        raise RedisTimeoutError(f"no reply to WAIT within {wait_read:g}s")
+    return reply
 
 
 async def _release(pool: Any, connection: Any) -> None:
