@@ -653,26 +653,35 @@ async def test_lock_handoff_by_push_after_the_default_node_died(
         await lease.release()
 
 
+@contextlib.asynccontextmanager
+async def _blocked_in_wait(
+    cache: Cache, replica: RedisServer, wait_timeout: float
+) -> AsyncIterator[asyncio.Task[Any]]:
+    """``run_replicated`` of ``SET k v`` as a task, blocked in its WAIT (the replica paused)."""
+    script = Script("t_set_wait", source="return redis.call('SET', KEYS[1], ARGV[1])")
+    # Loaded first: a NOSCRIPT round's WAIT may block too (when the connection wrote before
+    # and the replica had not acknowledged that yet), and stopping it there sets nothing.
+    await cache.client.script_load(script.source)
+    replica.pause()
+    try:
+        call = run_replicated(
+            cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=wait_timeout
+        )
+        task = asyncio.create_task(call)
+        await wait_until(lambda: _waiting_clients(cache), timeout=10, message="WAIT blocked")
+        yield task
+    finally:
+        replica.resume()
+
+
 async def test_run_replicated_cancelled_mid_wait_drops_its_connection(
     impatient: Cache, primary: tuple[RedisServer, RedisServer]
 ) -> None:
     cache = impatient
-    _, replica = primary
-    script = Script("t_set2", source="return redis.call('SET', KEYS[1], ARGV[1])")
-    # Loaded first: a NOSCRIPT round's WAIT may block too (when the connection wrote before
-    # and the replica had not acknowledged that yet), and cancelling it there sets nothing.
-    await cache.client.script_load(script.source)
-    replica.pause()
-    try:
-        task = asyncio.create_task(
-            run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=30)
-        )
-        await wait_until(lambda: _waiting_clients(cache), timeout=10, message="WAIT blocked")
+    async with _blocked_in_wait(cache, primary[1], wait_timeout=30) as task:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    finally:
-        replica.resume()
     assert await cache.client.get("k") == b"v"  # the pool is in step: no late WAIT reply
 
 
@@ -682,14 +691,7 @@ async def test_a_master_stalled_during_wait_raises_connection_lost(
     """The WAIT reply never comes (the master is stopped mid-WAIT): ConnectionLost, in time."""
     cache = impatient
     master, replica = primary
-    script = Script("t_set3", source="return redis.call('SET', KEYS[1], ARGV[1])")
-    await cache.client.script_load(script.source)
-    replica.pause()  # WAIT blocks: the replica acknowledges nothing
-    try:
-        task = asyncio.create_task(
-            run_replicated(cache.client, "k", script, ["k"], ["v"], replicas=1, timeout=0.5)
-        )
-        await wait_until(lambda: _waiting_clients(cache), timeout=10, message="WAIT blocked")
+    async with _blocked_in_wait(cache, replica, wait_timeout=0.5) as task:
         master.pause()  # and its timeout's reply is never sent
         started = time.monotonic()
         try:
@@ -698,8 +700,6 @@ async def test_a_master_stalled_during_wait_raises_connection_lost(
             assert time.monotonic() - started < 5  # WAIT's timeout plus the socket timeout
         finally:
             master.resume()
-    finally:
-        replica.resume()
     assert await cache.client.get("k") == b"v"  # the late reply did not reach the pool
 
 
