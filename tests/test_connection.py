@@ -1,13 +1,25 @@
+import asyncio
 import socket
 import time
 
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tradecache import Cache, Settings
-from tradecache.connection import create_client, is_cluster, parse_sentinel_url, redact_url
+from tradecache.connection import (
+    create_client,
+    is_cluster,
+    parse_sentinel_url,
+    redact_url,
+    send_commands,
+)
 from tradecache.errors import ConfigError, ConnectionLost
+from tradecache.testing import wait_until
+
+# Written to a stopped server, it fills the socket buffers and the write waits.
+TOO_BIG_FOR_THE_BUFFERS = b"x" * (64 * 2**20)
 
 
 def closed_port() -> int:
@@ -134,8 +146,6 @@ async def test_outage_after_connect_raises_connection_lost(redis_server_factory)
 
 
 async def test_send_commands_writes_several_commands_at_once(redis_url: str) -> None:
-    from tradecache.connection import send_commands
-
     client = Redis.from_url(redis_url)
     conn = client.connection_pool.make_connection()
     timeout = conn.socket_timeout
@@ -150,10 +160,6 @@ async def test_send_commands_writes_several_commands_at_once(redis_url: str) -> 
 
 async def test_a_reader_loop_always_ends_on_one_cancel(redis_url: str) -> None:
     """What a lease renewal or a subscription reader does; cancelled at every step it takes."""
-    import asyncio
-
-    from tradecache.connection import send_commands
-
     client = Redis.from_url(redis_url)
     conn = client.connection_pool.make_connection()
     steps = 0
@@ -184,10 +190,6 @@ async def test_a_reader_loop_always_ends_on_one_cancel(redis_url: str) -> None:
 
 
 async def test_send_commands_is_bounded_by_the_socket_timeout(redis_server_factory) -> None:
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from tradecache.connection import send_commands
-
     server = redis_server_factory(port=0)
     client = Redis.from_url(server.url, socket_timeout=0.3)
     conn = client.connection_pool.make_connection()
@@ -196,7 +198,7 @@ async def test_send_commands_is_bounded_by_the_socket_timeout(redis_server_facto
     try:
         started = time.monotonic()
         with pytest.raises(RedisTimeoutError, match="socket timeout"):
-            await send_commands(conn, ("SET", "big", b"x" * (64 * 2**20)))
+            await send_commands(conn, ("SET", "big", TOO_BIG_FOR_THE_BUFFERS))
         assert time.monotonic() - started < 5
         assert not conn.is_connected  # half a command was written: the connection is dropped
         assert conn.socket_timeout == 0.3
@@ -207,11 +209,7 @@ async def test_send_commands_is_bounded_by_the_socket_timeout(redis_server_facto
 
 
 async def test_a_user_loop_of_cache_calls_always_ends_on_one_cancel(cache) -> None:
-    """On Python 3.11 redis-py's write (``wait_for``) dropped one such cancellation in about six."""
-    import asyncio
-
-    from tradecache.testing import wait_until
-
+    """On Python 3.11 redis-py's write (``wait_for``) dropped such cancellations (35 of 200)."""
     calls = 0
 
     async def loop() -> None:
@@ -232,8 +230,6 @@ async def test_a_user_loop_of_cache_calls_always_ends_on_one_cancel(cache) -> No
 
 
 async def test_a_pooled_write_is_bounded_by_the_socket_timeout(redis_server_factory) -> None:
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
     server = redis_server_factory(port=0)
     async with Cache.connect(server.url, namespace="w", socket_timeout=0.3) as cache:
         await cache.ping()
@@ -241,7 +237,7 @@ async def test_a_pooled_write_is_bounded_by_the_socket_timeout(redis_server_fact
         try:
             started = time.monotonic()
             with pytest.raises(RedisTimeoutError):  # the raw client: redis-py's error
-                await cache.client.set("big", b"x" * (64 * 2**20))
+                await cache.client.set("big", TOO_BIG_FOR_THE_BUFFERS)
             assert time.monotonic() - started < 5
         finally:
             server.resume()

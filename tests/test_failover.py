@@ -145,7 +145,8 @@ async def test_too_few_replicas_release_the_lock_and_raise(
         assert submitted.value.reply[0] == 1  # enqueued on the master
         with pytest.raises(NotReplicated) as pushed:
             await cache.trades.push(trade(2), exchange="ex", wait_replicas=1)
-        assert pushed.value.reply  # appended on the master: its entry id
+        (entry_id,) = pushed.value.reply  # appended on the master: its entry id
+        assert entry_id
         with pytest.raises(NotReplicated) as many:
             await cache.trades.push_many([trade(3), trade(4)], "ex2", wait_replicas=1)
         assert len(many.value.reply) == 1  # one stream: its last entry id

@@ -604,16 +604,15 @@ class TickCache:
         Example: ``await cache.tickers.close()``
         """
         writers, self._writers = list(self._writers), set()
-        for writer in writers:
-            try:
-                await writer.close()
-            except Exception as exc:
-                notes = "; ".join(getattr(exc, "__notes__", ()))
+        flushes = await asyncio.gather(*(w.close() for w in writers), return_exceptions=True)
+        for failure in flushes:
+            if isinstance(failure, Exception):
+                notes = "; ".join(getattr(failure, "__notes__", ()))
                 logger.warning(
                     "tickers: an open writer's final flush failed: %s (%s)",
-                    exc,
+                    failure,
                     notes,
-                    extra={"error": type(exc).__name__},
+                    extra={"error": type(failure).__name__},
                 )
         hubs, self._hubs = list(self._hubs.values()), {}
         for hub in hubs:

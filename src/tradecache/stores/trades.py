@@ -45,7 +45,7 @@ from ..errors import ValidationError, redis_errors
 from ..keys import validate_exchange, validate_part, validate_symbol
 from ..metrics import instrumented
 from ..models import Trade, from_ms
-from ..replication import Call, check_replicas, run_replicated, run_replicated_many
+from ..replication import Call, check_replicas, run_replicated_many
 from ..scripts import Arg, Script, ScriptBatch
 from ._input import to_model
 from .streams import Delivery, StreamGroups, decode_id
@@ -102,8 +102,9 @@ class TradesCache:
         ``wait_replicas=n`` returns only once ``n`` replicas have the trade
         (``WAIT``): a failover of the stream's master cannot lose it. Fewer in
         time raise :class:`~tradecache.errors.NotReplicated` with the trade
-        appended on the master (``reply``: its entry id); pushing it again
-        would append it twice.
+        appended on the master (``reply``: ``[its entry id]``, as
+        :meth:`push_many` reports a stream); pushing it again would append it
+        twice.
 
         Example::
 
@@ -113,18 +114,13 @@ class TradesCache:
         """
         item = _trade(trade, exchange, required=True)
         assert item.exchange is not None
+        payloads = [self.codec.encode(item)]
         if check_replicas(wait_replicas):
-            # The index of exchanges lives in another slot: written first, on its own.
-            await self.client.sadd(self.keys.trade_exchanges(), item.exchange)
-            payload = self.codec.encode(item)
-            script, keys, args = self._push_call(item.exchange, item.symbol, [payload])
-            entry = await run_replicated(
-                self.client, keys[0], script, keys, args,
-                replicas=wait_replicas, timeout=self.settings.wait_replicas_timeout,
-            )  # fmt: skip
+            stream = {(item.exchange, item.symbol): payloads}
+            (entry,) = await self._push_replicated(stream, wait_replicas)
             return decode_id(entry)
         batch = ScriptBatch(self.client)
-        self._queue_public(batch, item.exchange, item.symbol, [self.codec.encode(item)])
+        self._queue_public(batch, item.exchange, item.symbol, payloads)
         return decode_id((await batch.execute())[0])
 
     @instrumented("trades.push_many")
@@ -171,7 +167,8 @@ class TradesCache:
 
     async def _push_replicated(
         self, streams: dict[tuple[str, str], list[bytes]], replicas: int
-    ) -> None:
+    ) -> list[Any]:
+        """Append to ``streams``, then WAIT, per exchange; the scripts' replies, in order."""
         calls: dict[str, list[Call]] = {}  # per exchange: its streams share one slot
         for (ex, symbol), payloads in streams.items():
             calls.setdefault(ex, []).append(self._push_call(ex, symbol, payloads))
@@ -185,9 +182,12 @@ class TradesCache:
             for ex, group in calls.items()
         ]
         outcomes = await asyncio.gather(*pushes, return_exceptions=True)
+        replies: list[Any] = []
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
+            replies += outcome
+        return replies
 
     def _push_call(self, exchange: str, symbol: str, payloads: list[bytes]) -> Call:
         """The script call appending ``payloads`` to a stream (and indexing its symbol)."""
